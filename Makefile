@@ -1,0 +1,134 @@
+# cellfcn: Marzo & La Rosa (2016) with real BVLC Caffe. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+ROOT := $(CURDIR)
+PYTHON_BASE ?= python3
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+RUNS ?= $(ROOT)/runs
+DATA := $(RUNS)/data
+SEED ?= 0
+FORMAT ?= hdf5
+BATCH ?= 8
+CONFIG ?= default
+QUICK ?=
+
+# GPU=1 trains and evaluates with the CUDA build on device 0; GPU=<n> (n > 1) or GPU_ID=<n> on device n.
+# Unset means CPU.
+GPU ?=
+GPU_ID ?= $(if $(filter 1,$(GPU)),0,$(GPU))
+CUDA_ARCH ?=
+ifneq ($(strip $(GPU)),)
+  ifneq ($(filter-out 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15,$(GPU)),)
+    $(error GPU must be 1 or a device id; GPU_ID=<n> also picks the device)
+  endif
+  CAFFE_PREFIX := $(ROOT)/.caffe-cuda
+  GPU_ARGS := --gpu $(GPU_ID)
+else
+  CAFFE_PREFIX := $(ROOT)/.caffe
+  GPU_ARGS :=
+endif
+
+# Your own Caffe instead of ours: CAFFE_ROOT=<prefix>, or CAFFE=<binary> PYCAFFE=<dir>.
+ifdef CAFFE_ROOT
+  CAFFE ?= $(CAFFE_ROOT)/bin/caffe
+  PYCAFFE ?= $(firstword $(wildcard $(CAFFE_ROOT)/lib/python3/dist-packages $(CAFFE_ROOT)/python) $(CAFFE_ROOT)/python)
+endif
+ifdef CAFFE
+  OWN_CAFFE := 1
+  export CAFFE PYCAFFE
+else
+  OWN_CAFFE :=
+endif
+export CAFFE_ROOT
+
+# QUICK=1: a few-minute smoke run of the whole pipeline (the tests use it).
+ifeq ($(QUICK),1)
+  SYN_ARGS ?= --n-images 6 --n-train 48 --n-test 16
+  REAL_ARGS ?= --n-train 12 --max-test-images 3
+  EPOCHS_PRETRAIN ?= 2
+  EPOCHS_FINETUNE ?= 2
+else
+  SYN_ARGS ?=
+  REAL_ARGS ?=
+  EPOCHS_PRETRAIN ?= $(if $(EPOCHS),$(EPOCHS),)
+  EPOCHS_FINETUNE ?= $(if $(EPOCHS),$(EPOCHS),)
+endif
+EPOCH_ARGS_PRETRAIN := $(if $(EPOCHS_PRETRAIN),--epochs $(EPOCHS_PRETRAIN),)
+EPOCH_ARGS_FINETUNE := $(if $(EPOCHS_FINETUNE),--epochs $(EPOCHS_FINETUNE),)
+
+.PHONY: help deps env caffe caffe-ready test data pretrain finetune evaluate report reproduce bench \
+        docker-check prototxt clean distclean
+
+help: ## list the targets
+	@echo "cellfcn: fully-convolutional cell segmentation with BVLC Caffe (Marzo & La Rosa, 2016)"
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
+	@echo
+	@echo "Variables: GPU=1 [GPU_ID=n] CUDA_ARCH=\"80 90\" QUICK=1 SEED=$(SEED) FORMAT=hdf5|lmdb BATCH=$(BATCH)"
+	@echo "           EPOCHS=n CONFIG=default|paper RUNS=$(RUNS) CAFFE_ROOT=<prefix> | CAFFE=<bin> PYCAFFE=<dir>"
+
+deps: ## install the Debian build/runtime packages (root; otherwise prints the command)
+	@tools/deps.sh
+
+$(VENV)/.stamp: requirements.txt tools/make_env.sh
+	@tools/make_env.sh "$(PYTHON_BASE)" "$(VENV)"
+
+env: $(VENV)/.stamp ## create .venv with the pinned Python packages; pycaffe importable from it
+
+ifeq ($(OWN_CAFFE),)
+caffe: deps env ## build BVLC Caffe + pycaffe into .caffe/ (GPU=1: CUDA build into .caffe-cuda/)
+	@tools/build_caffe.sh --prefix "$(CAFFE_PREFIX)" --python "$(PY)" \
+	  $(if $(CAFFE_SRC),--src "$(CAFFE_SRC)",) \
+	  $(if $(GPU),--gpu $(if $(CUDA_ARCH),--cuda-arch "$(CUDA_ARCH)",--cuda-arch "$$(tools/cuda_arch.sh)") --cuda-libs "$$(tools/cuda_libs.sh)",)
+else
+caffe: env
+	@test -x "$(CAFFE)" || { echo "error: CAFFE=$(CAFFE) is not an executable caffe binary" >&2; exit 1; }
+	@test -f "$(PYCAFFE)/caffe/__init__.py" || { echo "error: PYCAFFE=$(PYCAFFE) holds no caffe package" >&2; exit 1; }
+	@echo "Using your Caffe: $(CAFFE) (pycaffe: $(PYCAFFE))"
+endif
+
+test: caffe ## run the test suite (builds everything it needs first)
+	@$(PY) -m pytest -q tests
+
+prototxt: env ## regenerate the committed prototxt/ and solvers/ from net.py and solve.py
+	@$(PY) prototxt/net.py --out prototxt
+	@$(PY) solvers/solve.py --write-defaults solvers
+
+data: caffe ## build the synthetic and real datasets under runs/data/
+	@$(PY) -m data_prep synthetic --out "$(DATA)/synthetic" --seed $(SEED) --format both $(SYN_ARGS)
+	@$(PY) -m data_prep mnfinder --out "$(DATA)/real" --seed $(SEED) --format both $(REAL_ARGS)
+
+pretrain: data ## train FCRN-A on the synthetic patches with `caffe train` (resumes if interrupted)
+	@$(PY) tools/train.py --stage pretrain --data "$(DATA)/synthetic" --out "$(RUNS)/pretrain" \
+	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) $(EPOCH_ARGS_PRETRAIN) $(GPU_ARGS)
+
+finetune: pretrain ## fine-tune the pretrained model on the real patches (`caffe train --weights`)
+	@$(PY) tools/train.py --stage finetune --data "$(DATA)/real" --out "$(RUNS)/finetune" \
+	  --weights "$(RUNS)/pretrain/final.caffemodel" \
+	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) $(EPOCH_ARGS_FINETUNE) $(GPU_ARGS)
+
+evaluate: finetune ## Table 1 before/after fine-tuning, Otsu baseline, ROC, figures -> runs/eval/
+	@$(PY) tools/table1.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
+
+report: evaluate ## one HTML + Markdown report under runs/report/
+	@$(PY) tools/report.py --runs "$(RUNS)" --out "$(RUNS)/report"
+
+reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, report; prints Table 1
+	@cat "$(RUNS)/eval/table1.md"
+	@echo "Report: $(RUNS)/report/index.html"
+
+bench: caffe ## speed: Caffe vs PyTorch training step, segmentation, simcep -> runs/bench/
+	@$(PY) bench/run_all.py --out "$(RUNS)/bench"
+
+docker-check: ## build the CPU Dockerfile with buildah and run the tests inside it
+	@tools/docker_check.sh
+
+clean: ## remove generated outputs (runs/)
+	rm -rf "$(RUNS)"
+
+distclean: clean ## also remove the venv and the Caffe builds
+	rm -rf "$(VENV)" .caffe .caffe-cuda .caffe-build

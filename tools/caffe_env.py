@@ -1,0 +1,127 @@
+"""Find the Caffe build every tool uses: the ``caffe`` binary and pycaffe.
+
+Resolution order, for both the CPU and the CUDA build:
+
+1. ``CAFFE`` (path to the ``caffe`` binary) and ``PYCAFFE`` (folder holding the ``caffe`` package);
+2. ``CAFFE_ROOT``: an install prefix or a source tree with a ``build/`` folder;
+3. the project's own build, ``.caffe/`` (CPU) or ``.caffe-cuda/`` (``gpu=True``), made by ``make caffe``.
+"""
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_PYCAFFE_SUBDIRS = ("lib/python3/dist-packages", "python")
+
+
+class CaffeNotFound(RuntimeError):
+    """Raised when no usable Caffe build is found."""
+
+
+def _prefix(gpu):
+    root = os.environ.get("CAFFE_ROOT")
+    if root:
+        return Path(root)
+    return REPO / (".caffe-cuda" if gpu else ".caffe")
+
+
+def caffe_binary(gpu=False):
+    """Return the path of the ``caffe`` command-line tool.
+
+    Parameters
+    ----------
+    gpu : bool
+        Look for the CUDA build (``.caffe-cuda/``) instead of the CPU one.
+
+    Raises
+    ------
+    CaffeNotFound
+        If no executable is found.
+    """
+    explicit = os.environ.get("CAFFE")
+    candidates = [Path(explicit)] if explicit else [
+        _prefix(gpu) / "bin" / "caffe", _prefix(gpu) / "build" / "tools" / "caffe"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    hint = "make caffe GPU=1" if gpu else "make caffe"
+    raise CaffeNotFound(f"caffe binary not found at {candidates[0]}: run '{hint}' or set CAFFE/CAFFE_ROOT")
+
+
+def pycaffe_dir(gpu=False):
+    """Return the folder that holds the ``caffe`` Python package."""
+    explicit = os.environ.get("PYCAFFE")
+    candidates = [Path(explicit)] if explicit else [_prefix(gpu) / sub for sub in _PYCAFFE_SUBDIRS]
+    for path in candidates:
+        if (path / "caffe" / "__init__.py").is_file():
+            return path
+    hint = "make caffe GPU=1" if gpu else "make caffe"
+    raise CaffeNotFound(f"pycaffe not found under {candidates[0]}: run '{hint}' or set PYCAFFE/CAFFE_ROOT")
+
+
+def import_caffe(gpu=None):
+    """Import pycaffe from the selected build and set its mode.
+
+    Parameters
+    ----------
+    gpu : int or None
+        CUDA device id, or None for CPU mode.
+
+    Returns
+    -------
+    module
+        The ``caffe`` module.
+    """
+    path = str(pycaffe_dir(gpu is not None))
+    if "caffe" in sys.modules:
+        loaded = Path(sys.modules["caffe"].__file__).resolve()
+        if not loaded.is_relative_to(Path(path).resolve()):
+            raise CaffeNotFound(f"pycaffe already imported from {loaded}, not from {path}")
+    elif path not in sys.path:
+        sys.path.insert(0, path)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # keep pycaffe's net-setup chatter out of tool output
+    import caffe
+
+    if gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        if _cpu_only(caffe):
+            raise CaffeNotFound(f"GPU requested but the Caffe at {path} is CPU-only: run 'make caffe GPU=1'")
+        caffe.set_device(int(gpu))
+        caffe.set_mode_gpu()
+    return caffe
+
+
+def _cpu_only(caffe):
+    """Tell whether the loaded libcaffe is a CPU_ONLY build.
+
+    pycaffe exposes no build flag, and ``set_device`` aborts the process in a CPU_ONLY build, so look for
+    the message that only CPU_ONLY builds compile in, in the libcaffe this process has mapped.
+    """
+    marker = b"Cannot use GPU in CPU-only Caffe"
+    with open("/proc/self/maps") as maps:
+        libs = {line.split()[-1] for line in maps if "libcaffe" in line}
+    return any(marker in Path(lib).read_bytes() for lib in libs)
+
+
+def main(argv=None):
+    """Print the resolved binary and pycaffe folder (``python tools/caffe_env.py [--gpu]``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true", help="resolve the CUDA build")
+    parser.add_argument("--what", choices=("binary", "pycaffe", "both"), default="both")
+    args = parser.parse_args(argv)
+    try:
+        if args.what in ("binary", "both"):
+            print(caffe_binary(args.gpu))
+        if args.what in ("pycaffe", "both"):
+            print(pycaffe_dir(args.gpu))
+    except CaffeNotFound as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
