@@ -11,16 +11,19 @@ usage() {
   cat <<'EOF'
 usage: tools/build_caffe.sh --prefix DIR --python PY [--src DIR|TARBALL] [--gpu] [--cuda-arch "80 90"]
                             [--cuda-libs DIR] [--jobs N] [--blas Open|Atlas|MKL] [--extra-cmake "ARGS"]
+                            [--work DIR]
 
 Builds BVLC Caffe (CPU unless --gpu) with pycaffe for interpreter PY and installs it under DIR:
 DIR/bin/caffe, DIR/lib/libcaffe.so, DIR/lib/python3/dist-packages/caffe. Logs go to <work>/build.log.
+--work: source and build folder (default .caffe-build/cpu or .caffe-build/cuda); give experimental builds
+their own so they do not clobber the shared one.
 EOF
 }
 
 die() { echo "build_caffe: $*" >&2; exit 1; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PREFIX="" PY="" SRC="" GPU=0 CUDA_ARCH="90" CUDA_LIBS="" JOBS=$(nproc) BLAS=Open EXTRA=""
+PREFIX="" PY="" SRC="" WORK="" GPU=0 CUDA_ARCH="90" CUDA_LIBS="" JOBS=$(nproc) BLAS=Open EXTRA=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX=$2; shift 2 ;;
@@ -32,6 +35,7 @@ while [ $# -gt 0 ]; do
     --jobs) JOBS=$2; shift 2 ;;
     --blas) BLAS=$2; shift 2 ;;
     --extra-cmake) EXTRA=$2; shift 2 ;;
+    --work) WORK=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -49,9 +53,10 @@ PREFIX=$(cd "$PREFIX" && pwd)
 DEBIAN_VERSION=1.0.0+git20180821.99bd997-8
 GIT_COMMIT=99bd99795dcdf0b1d3086a8d67ab1782a8a08383
 VARIANT=cpu; [ "$GPU" = 1 ] && VARIANT=cuda
-WORK=$ROOT/.caffe-build/$VARIANT
-LOG=$WORK/build.log
+WORK=${WORK:-$ROOT/.caffe-build/$VARIANT}
 mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+LOG=$WORK/build.log
 
 # --- what shapes the build, for the stamp -------------------------------------------------------------------
 PY_INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')

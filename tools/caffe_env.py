@@ -77,9 +77,10 @@ def import_caffe(gpu=None):
         loaded = Path(sys.modules["caffe"].__file__).resolve()
         if not loaded.is_relative_to(Path(path).resolve()):
             raise CaffeNotFound(f"pycaffe already imported from {loaded}, not from {path}")
-    elif path not in sys.path:
-        sys.path.insert(0, path)
-    os.environ.setdefault("GLOG_minloglevel", "2")  # keep pycaffe's net-setup chatter out of tool output
+    else:
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        _quiet_import()
     import caffe
 
     if gpu is None:
@@ -90,6 +91,21 @@ def import_caffe(gpu=None):
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
     return caffe
+
+
+def _quiet_import():
+    """Import pycaffe with glog's INFO/WARNING lines (net set-up chatter) off, for this process only.
+
+    glog reads GLOG_minloglevel when libcaffe loads; it must not leak into the ``caffe`` subprocesses whose
+    logs are the training record.
+    """
+    before = os.environ.get("GLOG_minloglevel")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        import caffe  # noqa: F401
+    finally:
+        if before is None:
+            del os.environ["GLOG_minloglevel"]
 
 
 def _cpu_only(caffe):

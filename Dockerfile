@@ -1,0 +1,29 @@
+# cellfcn on CPU: real BVLC Caffe built by the project's own recipe (make deps, make env, make caffe).
+#   docker build -t cellfcn .
+#   docker run --rm -v "$PWD/runs:/opt/cellfcn/runs" cellfcn                          # the whole pipeline
+#   docker run --rm -v "$PWD/runs:/opt/cellfcn/runs" cellfcn make reproduce QUICK=1   # few-minute smoke run
+# `make docker-check` builds this file with buildah and runs the tests inside the image.
+FROM debian:bookworm
+
+WORKDIR /opt/cellfcn
+
+# Layers run from rarely to often edited, so that editing Python code does not rebuild Caffe.
+# System packages: tools/deps.sh is what `make deps` runs; called directly because make is one of them.
+COPY tools/deps.sh tools/apt-packages.txt tools/
+RUN tools/deps.sh && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+
+# The venv with the pinned Python packages; pycaffe is built against its numpy.
+COPY Makefile requirements.txt ./
+COPY tools/make_env.sh tools/
+RUN PIP_NO_CACHE_DIR=1 make env
+
+# Caffe + pycaffe into .caffe/; the build tree and the compiler cache stay out of the image.
+COPY tools/build_caffe.sh tools/caffe-src.sources tools/
+COPY patches/ patches/
+RUN CCACHE_DISABLE=1 make caffe && rm -rf .caffe-build
+
+# The rest of the repository (.dockerignore leaves out runs/, builds, the venv and .git/).
+COPY . .
+
+# Outputs go to runs/: mount a host folder there to keep them.
+CMD ["make", "reproduce"]

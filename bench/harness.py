@@ -1,0 +1,121 @@
+"""Time two frameworks fairly on a shared machine: one worker process each, run in alternating rounds.
+
+Each framework lives in its own process so that neither's thread pool (OpenBLAS pthreads for Caffe, OpenMP
+for PyTorch) spins while the other runs; the idle worker blocks on its pipe. Rounds alternate which goes
+first, and the figure kept is the median over rounds, so load from other processes hits both alike.
+"""
+import importlib
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+import traceback
+
+PAUSE_S = 0.2  # lets the previous worker's spinning threads go to sleep before the next one starts
+
+
+def thread_env(threads):
+    """Environment variables that pin every BLAS/OpenMP pool to ``threads`` threads."""
+    n = str(threads)
+    return {"OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "BLIS_NUM_THREADS": n}
+
+
+def _serve(conn, target, kwargs, env):
+    os.environ.update(env)
+    try:
+        module, _, name = target.partition(":")
+        obj = getattr(importlib.import_module(module), name)(**kwargs)
+        conn.send(("ok", None))
+    except Exception:  # the parent reports it; the worker has nothing left to do
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        method, args = msg
+        try:
+            conn.send(("ok", getattr(obj, method)(*args)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+class WorkerError(RuntimeError):
+    """A benchmark worker failed; the message holds its traceback."""
+
+
+class Worker:
+    """A child process holding one benchmark object, built by ``target`` ("module:Class") from ``kwargs``.
+
+    The object's methods run in the child: ``worker.call("run", 5)``.
+    """
+
+    def __init__(self, label, target, kwargs, threads, env=None):
+        self.label = label
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        full_env = {**thread_env(threads), **(env or {})}
+        self._proc = ctx.Process(target=_serve, args=(child, target, kwargs, full_env), daemon=True)
+        # The child must start with its environment: the dynamic loader reads LD_LIBRARY_PATH only at exec.
+        saved = dict(os.environ)
+        os.environ.update(full_env)
+        try:
+            self._proc.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        self._check(self._conn.recv())
+
+    def _check(self, reply):
+        status, value = reply
+        if status != "ok":
+            raise WorkerError(f"{self.label} worker failed:\n{value}")
+        return value
+
+    def call(self, method, *args):
+        self._conn.send((method, args))
+        return self._check(self._conn.recv())
+
+    def close(self):
+        if self._proc.is_alive():
+            self._conn.send(None)
+            self._proc.join(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def alternate(workers, rounds, steps, progress=True):
+    """Run ``steps`` timed steps per worker per round, alternating the order each round.
+
+    Each worker's ``run(steps)`` returns a list of per-step seconds; a round's figure is their median.
+
+    Returns
+    -------
+    dict
+        label -> list of per-round median step times (seconds), in round order.
+    """
+    times = {w.label: [] for w in workers}
+    for r in range(rounds):
+        order = workers if r % 2 == 0 else workers[::-1]
+        for w in order:
+            time.sleep(PAUSE_S)
+            times[w.label].append(statistics.median(w.call("run", steps)))
+        if progress:
+            summary = "  ".join(f"{label} {t[-1] * 1e3:8.1f} ms" for label, t in times.items())
+            print(f"  round {r + 1}/{rounds}: {summary}", file=sys.stderr, flush=True)
+    return times
+
+
+def timed(fn, steps):
+    """Call ``fn()`` ``steps`` times; return the seconds each call took."""
+    out = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out

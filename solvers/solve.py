@@ -1,0 +1,138 @@
+"""Write Caffe SGD solvers from a dataset manifest, so that epochs become iterations exactly.
+
+The report: base_lr 0.01, divided by 10 every 20 epochs, momentum 0.9, weight decay 0.001 (section 7.2). It
+states neither the number of epochs nor the fine-tuning schedule; ``CONFIGS`` records our choices:
+
+- ``paper``: the report's pretraining schedule with 60 epochs, then fine-tuning at a tenth of the learning
+  rate (0.001, divided by 10 every 20 epochs) for 40 epochs.
+- ``default``: the same optimiser, shortened so ``make reproduce`` fits in about 30 minutes on 2 CPU cores:
+  pretraining for 20 epochs (step every 10), fine-tuning from 0.01 ... see ``CONFIGS`` for the figures.
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+# Epoch figures per stage: total length, learning-rate step, snapshot interval.
+CONFIGS = {
+    "paper": {
+        "pretrain": dict(base_lr=0.01, epochs=60, step_epochs=20, snapshot_epochs=5),
+        "finetune": dict(base_lr=0.001, epochs=40, step_epochs=20, snapshot_epochs=5),
+    },
+    "default": {
+        "pretrain": dict(base_lr=0.01, epochs=20, step_epochs=10, snapshot_epochs=5),
+        "finetune": dict(base_lr=0.01, epochs=12, step_epochs=6, snapshot_epochs=3),
+    },
+}
+COMMON = dict(lr_policy="step", gamma=0.1, momentum=0.9, weight_decay=0.001, random_seed=1701)
+TEST_SPLIT = {"pretrain": "test", "finetune": "val"}
+
+
+def largest_divisor(n, limit):
+    """Largest divisor of ``n`` not above ``limit``: a test batch that covers a split exactly once."""
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def schedule(stage, n_train, batch_size, config="default", epochs=None):
+    """Return the iteration figures of a stage.
+
+    Parameters
+    ----------
+    stage : {'pretrain', 'finetune'}
+    n_train : int
+        Training patches (one epoch).
+    batch_size : int
+    config : {'default', 'paper'}
+    epochs : int, optional
+        Overrides the configuration's length; the step and snapshot intervals keep their epoch values, capped
+        at the length.
+
+    Returns
+    -------
+    dict
+        ``iters_per_epoch``, ``max_iter``, ``stepsize``, ``snapshot``, ``epochs`` and ``base_lr``.
+    """
+    if config not in CONFIGS:
+        raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
+    if stage not in CONFIGS[config]:
+        raise ValueError(f"stage must be one of {sorted(CONFIGS[config])}, got {stage!r}")
+    if n_train < 1 or batch_size < 1:
+        raise ValueError(f"need at least one training patch and a positive batch size, got {n_train}, {batch_size}")
+    cfg = CONFIGS[config][stage]
+    epochs = cfg["epochs"] if epochs is None else int(epochs)
+    if epochs < 1:
+        raise ValueError(f"epochs must be positive, got {epochs}")
+    # A partial last batch wraps around in HDF5Data/Data; ceil keeps every patch seen once per epoch.
+    ipe = math.ceil(n_train / batch_size)
+    return dict(iters_per_epoch=ipe, epochs=epochs, max_iter=epochs * ipe, base_lr=cfg["base_lr"],
+                stepsize=min(cfg["step_epochs"], epochs) * ipe,
+                snapshot=min(cfg["snapshot_epochs"], epochs) * ipe)
+
+
+def solver_param(train_net, test_net, sched, n_test, test_batch, snapshot_prefix, display=None):
+    """Build the SolverParameter for one stage from ``schedule`` figures."""
+    from tools import caffe_env
+
+    caffe_env.import_caffe()
+    from caffe.proto import caffe_pb2
+
+    s = caffe_pb2.SolverParameter()
+    s.train_net = str(train_net)
+    s.test_net.append(str(test_net))
+    s.test_iter.append(n_test // test_batch)
+    s.test_interval = sched["iters_per_epoch"]
+    s.test_initialization = True
+    s.base_lr = sched["base_lr"]
+    s.lr_policy = COMMON["lr_policy"]
+    s.gamma = COMMON["gamma"]
+    s.stepsize = sched["stepsize"]
+    s.momentum = COMMON["momentum"]
+    s.weight_decay = COMMON["weight_decay"]
+    s.max_iter = sched["max_iter"]
+    s.display = display or max(1, sched["iters_per_epoch"] // 5)
+    s.average_loss = s.display
+    s.snapshot = sched["snapshot"]
+    s.snapshot_prefix = str(snapshot_prefix)
+    s.random_seed = COMMON["random_seed"]
+    s.solver_mode = caffe_pb2.SolverParameter.CPU  # the GPU is chosen on the command line (-gpu)
+    return s
+
+
+def write_defaults(out, batch_size=8):
+    """Write the committed solvers for the default datasets (200 synthetic, 440 real patches)."""
+    counts = {"pretrain": (200, 96), "finetune": (440, 96)}  # (train, test/val) patches of `make data`
+    for config in CONFIGS:
+        for stage, (n_train, n_test) in counts.items():
+            sched = schedule(stage, n_train, batch_size, config)
+            tb = largest_divisor(n_test, 16)
+            s = solver_param(f"prototxt/{stage}_train_hdf5.prototxt", f"prototxt/{stage}_test_hdf5.prototxt",
+                             sched, n_test, tb, f"runs/{stage}/snap")
+            path = Path(out) / f"{stage}_{config}.prototxt"
+            path.write_text(f"# Generated by solvers/solve.py for {n_train} training patches, batch {batch_size}"
+                            f"; tools/train.py writes the one a run uses from its dataset's manifest.\n{s}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-defaults", metavar="DIR", help="write the committed default solvers to DIR")
+    parser.add_argument("--manifest", help="dataset manifest.json: print the schedule for it")
+    parser.add_argument("--stage", choices=("pretrain", "finetune"), default="pretrain")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
+    parser.add_argument("--epochs", type=int)
+    args = parser.parse_args(argv)
+    try:
+        if args.write_defaults:
+            write_defaults(args.write_defaults, args.batch)
+        if args.manifest:
+            n_train = json.loads(Path(args.manifest).read_text())["splits"]["train"]["n"]
+            print(json.dumps(schedule(args.stage, n_train, args.batch, args.config, args.epochs), indent=1))
+    except (OSError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

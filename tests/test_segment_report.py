@@ -1,0 +1,342 @@
+"""tools/segment.py, tools/figures.py and tools/report.py with random-weight FCRN-A models on tiny datasets."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tools import caffe_env, figures, report, segment  # noqa: E402
+from tools.metrics import binary_scores  # noqa: E402
+
+DEPLOY = REPO / "prototxt" / "deploy.prototxt"
+FIXTURE_LOG = REPO / "tests" / "data" / "caffe_train.log"
+P = 128
+
+
+@pytest.fixture(scope="module")
+def caffe():
+    return caffe_env.import_caffe()
+
+
+@pytest.fixture(scope="module")
+def net(caffe):
+    """The deploy net with seeded Xavier weights and random biases (so outputs vary with the input)."""
+    caffe.set_random_seed(0)
+    n = caffe.Net(str(DEPLOY), caffe.TEST)
+    rng = np.random.default_rng(0)
+    for name, params in n.params.items():
+        if len(params) > 1:
+            params[1].data[...] = rng.normal(0, 0.1, params[1].data.shape)
+    return n
+
+
+@pytest.fixture(scope="module")
+def model(net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "random.caffemodel"
+    net.save(str(path))
+    return path
+
+
+def blobs(shape, rng, n=6, radius=(4, 12)):
+    """A noisy image of bright discs in [0, 1] and its mask."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    mask = np.zeros(shape, bool)
+    for _ in range(n):
+        cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(*radius)
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    image = np.clip(0.15 + 0.6 * mask + rng.normal(0, 0.05, shape), 0, 1).astype(np.float32)
+    return image, mask
+
+
+# ------------------------------------------------------------------------------------------------- segment
+def test_odd_size_is_padded_and_cropped(net):
+    rng = np.random.default_rng(1)
+    image, _ = blobs((100, 130), rng)
+    prob = segment.segment(net, image)
+    assert prob.shape == (100, 130) and prob.dtype == np.float32
+    assert np.all((prob >= 0) & (prob <= 1))
+    padded = segment.pad_to_multiple(image)
+    assert padded.shape == (104, 136)
+    np.testing.assert_array_equal(padded[100:, :130], image[99:95:-1])  # mirrored rows below the image
+    np.testing.assert_array_equal(prob, segment.forward(net, padded)[:100, :130])
+    assert prob.std() > 1e-4  # a net whose output ignored the input would make this test meaningless
+
+
+def test_tiny_image(net):
+    prob = segment.segment(net, np.full((3, 5), 0.5, np.float32))
+    assert prob.shape == (3, 5)
+
+
+def test_tiling_equals_one_pass(net):
+    rng = np.random.default_rng(2)
+    image, _ = blobs((203, 261), rng, n=12)
+    whole = segment.segment(net, image, tile=1024)
+    tiled = segment.segment(net, image, tile=160)  # cores of 80 px: 3 x 4 windows
+    assert len(segment.windows(208, 160)) == 3 and len(segment.windows(264, 160)) == 4
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+    # The margin is what makes it exact: without enough context the seams differ.
+    seams = segment.segment(net, image, tile=160, margin=16)
+    assert np.abs(seams - whole).max() > 1e-4
+
+
+def test_default_tile_splits_a_large_image(net):
+    rng = np.random.default_rng(3)
+    image, _ = blobs((530, 36), rng)
+    assert len(segment.windows(536, segment.TILE)) == 2
+    np.testing.assert_allclose(segment.segment(net, image), segment.segment(net, image, tile=1024), atol=1e-5)
+
+
+def test_windows_partition_the_axis():
+    for length in (8, 512, 520, 1000, 2048):
+        cores = segment.windows(length, 512, 40)
+        covered = np.zeros(length, int)
+        for w0, w1, c0, c1 in cores:
+            assert w0 % 8 == 0 and w1 % 8 == 0 and w0 <= c0 < c1 <= w1 and w1 - w0 <= 512
+            assert c0 - w0 >= min(40, c0) and w1 - c1 >= min(40, length - c1)
+            covered[c0:c1] += 1
+        assert np.all(covered == 1)
+
+
+def test_bad_arguments(net):
+    with pytest.raises(ValueError):
+        segment.segment(net, np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError):
+        segment.segment(net, np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(ValueError):
+        segment.segment(net, np.zeros((8, 8), np.float32), tile=100)
+
+
+def test_postprocess_removes_small_objects():
+    mask = np.zeros((60, 80), bool)
+    mask[5:8, 5:8] = True  # 9 px speck
+    mask[20:40, 30:50] = True  # 400 px cell
+    mask[0:15, 65:80] = True  # 225 px cell on the border
+    mask[50, 10:60] = True  # 1 px thin line
+    assert segment.count_cells(mask) == 4
+    kept = segment.postprocess(mask, min_area=20)
+    assert segment.count_cells(kept) == 3 and not kept[5:8, 5:8].any()
+    np.testing.assert_array_equal(kept[20:40, 30:50], True)
+    opened = segment.postprocess(mask, opening=2)
+    assert not opened[50].any() and not opened[5:8, 5:8].any()
+    assert not (opened & ~mask).any()  # an opening only removes
+    # Cells survive (only their corners round off), also along the image border: no erosion from outside.
+    np.testing.assert_array_equal(opened[22:38, 32:48], True)
+    np.testing.assert_array_equal(opened[0, 67:80], True)
+    np.testing.assert_array_equal(opened[2:13, 79], True)
+    assert segment.count_cells(opened) == 2
+    np.testing.assert_array_equal(segment.postprocess(mask), mask)
+
+
+def _write_png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def test_prepare_matches_data_prep():
+    from data_prep.normalize import normalize_percentile
+    from data_prep.real import prepare_pair
+
+    raw = np.random.default_rng(7).integers(0, 4096, (90, 70)).astype(np.uint16)
+    image, net_input = segment.prepare(raw, scale=0.75, percentiles=(2.0, 99.0))
+    np.testing.assert_array_equal(image, normalize_percentile(raw, 2.0, 99.0))
+    expected, _ = prepare_pair(raw, np.zeros(raw.shape, np.uint8), "x", scale=0.75, pct=(2.0, 99.0))
+    np.testing.assert_array_equal(net_input, expected)
+    assert net_input.shape == expected.shape != raw.shape
+    same, also_same = segment.prepare(raw)
+    assert same is also_same
+
+
+def test_cli_scale_from_manifest(model, tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(8)
+    image, _ = blobs((100, 130), rng)
+    tifffile.imwrite(tmp_path / "cells.tif", (image * 4000).astype(np.uint16))
+    (tmp_path / "manifest.json").write_text(json.dumps({"parameters": {"scale": 0.5, "percentiles": [1, 99.5]}}))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "segment.py"), "--model", str(model),
+                           str(tmp_path / "cells.tif"), "--manifest", str(tmp_path / "manifest.json"),
+                           "--out", str(out), "--prob-format", "npy"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "segment.json").read_text())
+    assert summary["scale"] == 0.5 and summary["percentiles"] == [1, 99.5]
+    assert np.load(out / "cells_prob.npy").shape == (100, 130)  # the net saw 50 x 65, the map is back to size
+
+
+def test_cli_writes_maps_and_scores(model, tmp_path):
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    image, mask = blobs((100, 130), rng)
+    _write_png(tmp_path / "cells.png", (image * 255).astype(np.uint8))
+    _write_png(tmp_path / "truth.png", mask.astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "tools" / "segment.py"), "--model", str(model), "--deploy", str(DEPLOY),
+           str(tmp_path / "cells.png"), "--truth", str(tmp_path / "truth.png"), "--evaluate", "--out", str(out),
+           "--threshold", "0.5", "--min-area", "15", "--opening", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "segment.json").read_text())
+    (result,) = summary["images"]
+    prob = tifffile.imread(out / "cells_prob.tif")
+    assert prob.shape == (100, 130) and prob.dtype == np.float32
+    written = np.array(Image.open(out / "cells_mask.png")) > 0
+    expected = segment.postprocess(prob >= 0.5, opening=1, min_area=15)
+    np.testing.assert_array_equal(written, expected)
+    assert result["cells"] == segment.count_cells(expected)
+    assert result["cells_raw"] == segment.count_cells(prob >= 0.5)
+    assert result["scores"] == pytest.approx(binary_scores(expected, mask))
+    assert result["scores_raw"] == pytest.approx(binary_scores(prob >= 0.5, mask))
+    assert np.array(Image.open(out / "cells_overlay.png")).shape == (100, 130, 3)
+    assert f"{result['cells']} cells" in done.stdout
+    assert not list(out.glob(".*"))
+
+
+def test_cli_bad_input(model, tmp_path):
+    script = [sys.executable, str(REPO / "tools" / "segment.py")]
+    done = subprocess.run([*script, "--model", str(tmp_path / "none.caffemodel"), str(FIXTURE_LOG), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error:") and "none.caffemodel" in done.stderr
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    done = subprocess.run([*script, "--model", str(model), "--deploy", str(DEPLOY), str(tmp_path / "broken.png"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1 and "broken.png" in done.stderr
+    done = subprocess.run([*script, "--model", str(model), str(tmp_path / "broken.png"), "--out",
+                           str(tmp_path / "o"), "--tile", "100"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--tile" in done.stderr
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def test_per_patch_mcc_matches_binary_scores():
+    rng = np.random.default_rng(5)
+    prob = rng.random((5, 16, 16)).astype(np.float32)
+    label = rng.random((5, 16, 16)) < 0.3
+    label[3] = False  # undefined MCC is 0
+    mcc = figures.per_patch_mcc(prob, label, 0.6)
+    expected = [binary_scores(prob[i] >= 0.6, label[i])["mcc"] for i in range(5)]
+    np.testing.assert_allclose(mcc, expected)
+    assert mcc[3] == 0
+
+
+def test_select_cases_skips_empty_patches():
+    label = np.zeros((6, 10, 10), bool)
+    label[[0, 1, 2, 4], :5, :5] = True  # 25% cells; patches 3 and 5 have none
+    label[5, 0, 0] = True  # 1%: below a 2% minimum
+    mcc = np.array([0.5, 0.9, 0.1, -1.0, 0.7, -0.5])
+    best, worst = figures.select_cases(mcc, label, k=2, min_cell_fraction=0.02)
+    assert best.tolist() == [1, 4] and worst.tolist() == [2, 0]
+    best, worst = figures.select_cases(mcc, label, k=3, min_cell_fraction=0.02)
+    assert best.tolist() == [1, 4] and worst.tolist() == [2, 0]  # too few for 3 + 3: shared, never both
+    best, worst = figures.select_cases(mcc, label, k=3, min_cell_fraction=0.2)
+    assert best.tolist() == [1, 4] and worst.tolist() == [2, 0]
+    best, worst = figures.select_cases(mcc[:3], label[:3], k=3)
+    assert best.tolist() == [1, 0] and worst.tolist() == [2]
+
+
+# ------------------------------------------------------------------------------------------------- report
+def _write_split(path, data, label, **extra):
+    with h5py.File(path, "w") as f:
+        f["data"] = data[:, None].astype(np.float32)
+        f["label"] = label[:, None].astype(np.float32)
+        for k, v in extra.items():
+            f[k] = v
+
+
+def fake_runs(root, model):
+    """A RUNS tree in the contracts' formats: tiny datasets, random models, the fixture log, a table1.json."""
+    rng = np.random.default_rng(6)
+    runs = Path(root)
+    syn = runs / "data" / "synthetic"
+    real = runs / "data" / "real"
+    syn.mkdir(parents=True)
+    real.mkdir(parents=True)
+    pairs = [blobs((P, P), rng) for _ in range(5)]
+    _write_split(syn / "test.h5", np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    # Two whole real images (sizes not multiples of 8), cut into non-overlapping test patches.
+    images = [blobs((150, 270), rng, n=14), blobs((131, 140), rng, n=8)]
+    data, label, index, origin = [], [], [], []
+    for i, (image, mask) in enumerate(images):
+        for y in range(0, image.shape[0] - P + 1, P):
+            for x in range(0, image.shape[1] - P + 1, P):
+                data.append(image[y:y + P, x:x + P])
+                label.append(mask[y:y + P, x:x + P])
+                index.append(i)
+                origin.append((y, x))
+    _write_split(real / "test.h5", np.stack(data), np.stack(label), source_index=np.array(index, np.int32),
+                 origin=np.array(origin, np.int32))
+    with h5py.File(real / "test_full.h5", "w") as f:
+        for i, (image, mask) in enumerate(images):
+            f[f"images/{i}"] = image
+            f[f"masks/{i}"] = mask.astype(np.uint8)
+            f[f"images/{i}"].attrs["name"] = f"test-data/img{i}.tif"
+            f[f"masks/{i}"].attrs["name"] = f"test-data/img{i}.tif"
+    for folder, kind, splits in ((syn, "synthetic", {"test": 5}), (real, "real", {"test": len(data)})):
+        manifest = {"kind": kind, "patch_size": P, "seed": 0, "formats": ["hdf5"],
+                    "splits": {s: {"n": n, "cell_fraction": 0.2} for s, n in splits.items()},
+                    "files": {"test.h5": "ab" * 32}}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    for stage, ipe in (("pretrain", 4), ("finetune", 2)):
+        d = runs / stage
+        d.mkdir()
+        (d / "train.log").write_text(FIXTURE_LOG.read_text())
+        (d / "final.caffemodel").write_bytes(Path(model).read_bytes())
+        (d / "run.json").write_text(json.dumps({"stage": stage, "iters_per_epoch": ipe, "epochs": 6, "seconds": 1.5}))
+        (d / "solver.prototxt").write_text('base_lr: 0.01\nlr_policy: "step"\nrandom_seed: 0\n')
+    (runs / "eval").mkdir()
+    metrics = dict(specificity=0.9, precision=0.6, recall=0.5, accuracy=0.88, f_score=0.55, mcc=0.5, auc=0.9)
+    ci = {k: [v - 0.05, v + 0.05] for k, v in metrics.items()}
+    rows = [{"name": "ours: before, t* on test", "protocol": "test-optimal", "threshold": 0.4, **metrics, "ci": ci},
+            {"name": "ours: after, t* on test", "protocol": "test-optimal", "threshold": 0.6, **metrics, "ci": ci},
+            {"name": "ours: after, t from val", "protocol": "val-threshold", "threshold": 0.55, **metrics, "ci": ci},
+            {"name": "Otsu per whole image", "protocol": "otsu-per-image", "threshold": None, **metrics,
+             "auc": None, "ci": {}}]
+    paper = [{"name": "paper: before fine-tuning", "protocol": "test-optimal", "threshold": 0.25,
+              "specificity": 0.96, "precision": 0.58, "recall": 0.52, "accuracy": 0.91, "f_score": 0.55, "mcc": 0.5,
+              "auc": None},
+             {"name": "paper: after fine-tuning", "protocol": "test-optimal", "threshold": 0.67, "specificity": 0.98,
+              "precision": 0.81, "recall": 0.73, "accuracy": 0.95, "f_score": 0.77, "mcc": 0.74, "auc": None}]
+    (runs / "eval" / "table1.json").write_text(json.dumps({"rows": rows, "paper": paper}))
+    _write_png(runs / "eval" / "roc.png", np.full((40, 60, 3), 200, np.uint8))
+    return runs
+
+
+def test_report_end_to_end(model, tmp_path):
+    runs = fake_runs(tmp_path / "runs", model)
+    out = runs / "report"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), "--runs", str(runs), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (out / "index.html").read_text()
+    md = (out / "report.md").read_text()
+    for name in ("fig7_training.png", "roc.png", "fig8_synthetic.png", "fig9_real_best.png",
+                 "fig11_real_worst.png", "segment_00_overlay.png", "segment_01_overlay.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"]({name})" in md
+    # Self-contained: every image is inline, nothing is fetched.
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) >= 7 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "href=" not in page
+    for text in ("Table 1", "paper, after", "0.740", "ours, after", "Otsu per whole image", "base_lr: 0.01",
+                 "Caffe version", "BLAS", "ab" * 32, "test-data/img0.tif", "[0.450, 0.550]"):
+        assert text in page and text in md, text
+    assert not [p for p in runs.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_report_missing_input(model, tmp_path):
+    runs = fake_runs(tmp_path / "runs", model)
+    (runs / "eval" / "table1.json").unlink()
+    out = runs / "report"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), "--runs", str(runs), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: missing {runs / 'eval' / 'table1.json'} (run `make evaluate`)"
+    assert not out.exists() and not [p for p in runs.iterdir() if p.name.startswith(".")]

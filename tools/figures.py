@@ -1,0 +1,246 @@
+"""Figures like the paper's 8, 9 and 11: input, ground truth and network output, best and worst cases.
+
+- ``fig8_synthetic.png``: synthetic test patches, pretrained model;
+- ``fig9_real_best.png`` / ``fig11_real_worst.png``: real test patches, fine-tuned model (and the pretrained
+  model's output beside it).
+
+Cases are ranked by per-patch MCC at the model's MCC-optimal threshold on the test set (the ``test-optimal``
+rows of ``RUNS/eval/table1.json``; 0.5 without it). Only patches whose ground truth covers at least
+``--min-cell-fraction`` of the pixels are ranked: on a patch without cells MCC is 0 whatever the output, and
+a sliver of cell at the border makes it noise. Probabilities come from ``RUNS/eval/probs_*.npy`` (written
+by ``make evaluate``) or, without them, from a forward pass of ``RUNS/<stage>/final.caffemodel``.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.metrics import scores  # noqa: E402
+
+# Error-map colours: true positive, false positive, false negative (true negative stays black).
+TP, FP, FN = (255, 255, 255), (230, 40, 40), (40, 160, 255)
+
+
+def per_patch_mcc(prob, label, threshold):
+    """MCC of ``prob >= threshold`` against ``label`` for every patch.
+
+    Parameters
+    ----------
+    prob : (N, H, W) array_like of float
+    label : (N, H, W) array_like of bool
+    threshold : float
+
+    Returns
+    -------
+    (N,) ndarray of float64
+        0 where MCC is undefined (no cell or no background in the truth or the prediction).
+    """
+    pred = np.asarray(prob) >= threshold
+    label = np.asarray(label, dtype=bool)
+    if pred.shape != label.shape or pred.ndim != 3:
+        raise ValueError(f"prob {pred.shape} and label {label.shape} must both have shape (N, H, W)")
+    axes = (1, 2)
+    tp = np.count_nonzero(pred & label, axis=axes)
+    fp = np.count_nonzero(pred & ~label, axis=axes)
+    fn = np.count_nonzero(~pred & label, axis=axes)
+    tn = label[0].size - tp - fp - fn
+    return scores(tp, fp, tn, fn)["mcc"]
+
+
+def select_cases(mcc, label, k=4, min_cell_fraction=0.01):
+    """Indices of the ``k`` best and ``k`` worst patches by MCC among those with enough cell pixels.
+
+    Ties keep the lower index (stable sort), so the choice is deterministic.
+
+    Returns
+    -------
+    best, worst : ndarray of int64
+        Best first; worst first. With fewer than ``2 k`` qualifying patches they are split between the two
+        (the extra one to ``best``); a patch is never in both.
+    """
+    label = np.asarray(label, dtype=bool)
+    fraction = label.reshape(len(label), -1).mean(axis=1)
+    eligible = np.flatnonzero(fraction >= min_cell_fraction)
+    order = eligible[np.argsort(-np.asarray(mcc)[eligible], kind="stable")]
+    best = order[:min(k, (len(order) + 1) // 2)]
+    worst = order[::-1][:min(k, len(order) - len(best))]
+    return best.astype(np.int64), worst.astype(np.int64)
+
+
+def error_map(pred, label):
+    """RGB uint8 map of a binary prediction against the truth: TP white, FP red, FN blue, TN black."""
+    pred = np.asarray(pred, dtype=bool)
+    label = np.asarray(label, dtype=bool)
+    rgb = np.zeros(pred.shape + (3,), np.uint8)
+    rgb[pred & label] = TP
+    rgb[pred & ~label] = FP
+    rgb[~pred & label] = FN
+    return rgb
+
+
+def case_grid(path, data, label, outputs, threshold, rows, title):
+    """Write a PNG grid: per row one patch; columns input, ground truth, each output, errors of the last.
+
+    Parameters
+    ----------
+    path : path
+        PNG to write (atomically).
+    data : (N, H, W) float array in [0, 1]
+    label : (N, H, W) bool array
+    outputs : list of (str, (N, H, W) float array)
+        Named probability maps; the last one is thresholded for the error column.
+    threshold : float
+        Threshold of the last output.
+    rows : list of (int, str)
+        Patch index and row label, top to bottom.
+    title : str
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError(f"no patch to show in {path} (no test patch has enough cell pixels)")
+    headers = ["input", "ground truth", *(name for name, _ in outputs), f"errors (t = {threshold:.2f})"]
+    ncols = len(headers)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols + 1.2, 1.95 * len(rows) + 0.9),
+                             squeeze=False)
+    for r, (i, text) in enumerate(rows):
+        panels = [(data[i], "gray"), (label[i], "gray"), *((prob[i], "gray") for _, prob in outputs),
+                  (error_map(outputs[-1][1][i] >= threshold, label[i]), None)]
+        for c, (img, cmap) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(headers[c], fontsize=9)
+        axes[r, 0].set_ylabel(text, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.5, 0.005, "errors: white = true positive, red = false positive, blue = false negative",
+             ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _labelled_rows(best, worst, mcc):
+    rows = [(int(i), f"best {n + 1}: #{i}\nMCC {mcc[i]:.3f}") for n, i in enumerate(best)]
+    rows += [(int(i), f"worst {n + 1}: #{i}\nMCC {mcc[i]:.3f}") for n, i in enumerate(worst)]
+    return rows
+
+
+def thresholds_from_table(table1):
+    """MCC-optimal test thresholds of the models from table1.json: keys ``before``, ``after``, ``synthetic``."""
+    out = {}
+    if not Path(table1).is_file():
+        return out
+    for row in json.loads(Path(table1).read_text()).get("rows", []):
+        if row.get("protocol") != "test-optimal" or row.get("threshold") is None:
+            continue
+        name = row.get("name", "")
+        key = "synthetic" if "synthetic" in name else "after" if "after" in name else \
+            "before" if "before" in name else None
+        if key and key not in out:
+            out[key] = float(row["threshold"])
+    return out
+
+
+def load_probs(runs, name, stage, data, gpu=None):
+    """Class-1 probabilities (N, H, W) of a split: ``RUNS/eval/probs_<name>.npy`` or a forward pass."""
+    from tools import evaluate as E
+
+    cached = Path(runs) / "eval" / f"probs_{name}.npy"
+    n, _, h, w = data.shape
+    if cached.is_file():
+        prob = np.load(cached).astype(np.float32)
+        if prob.ndim == 4 and prob.shape[1] == 1:
+            prob = prob[:, 0]
+        if prob.shape == (n, h, w):
+            return prob
+        print(f"warning: {cached} has shape {prob.shape}, not {(n, h, w)}; recomputing", file=sys.stderr)
+    model = Path(runs) / stage / "final.caffemodel"
+    if not model.is_file():
+        raise FileNotFoundError(f"missing {model} (make {stage})")
+    net = E.load_net(model, gpu=gpu)
+    return E.predict(net, data, desc=f"{stage}: {name}")
+
+
+def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.01, gpu=None):
+    """Write the three figures into ``out``; return ``{file name: caption}``."""
+    from tools import evaluate as E
+
+    runs, data_dir, out = Path(runs), Path(data_dir), Path(out)
+    thresholds = thresholds_from_table(runs / "eval" / "table1.json")
+    captions = {}
+
+    syn = E.load_split(data_dir / "synthetic" / "test.h5")
+    prob = load_probs(runs, "before_synthetic", "pretrain", syn["data"], gpu)
+    t = thresholds.get("synthetic", thresholds.get("before", 0.5))
+    mcc = per_patch_mcc(prob, syn["label"], t)
+    best, worst = select_cases(mcc, syn["label"], k, min_cell_fraction)
+    case_grid(out / "fig8_synthetic.png", syn["data"][:, 0], syn["label"], [("output (pretrained)", prob)], t,
+              _labelled_rows(best, worst, mcc), "Synthetic test patches, pretrained model (cf. Figure 8)")
+    captions["fig8_synthetic.png"] = (
+        f"Synthetic test patches with the pretrained model: the {len(best)} best and {len(worst)} worst of "
+        f"{len(mcc)} by per-patch MCC at t = {t:.3f}.")
+
+    real = E.load_split(data_dir / "real" / "test.h5")
+    after = load_probs(runs, "after", "finetune", real["data"], gpu)
+    before = load_probs(runs, "before", "pretrain", real["data"], gpu)
+    t = thresholds.get("after", 0.5)
+    mcc = per_patch_mcc(after, real["label"], t)
+    best, worst = select_cases(mcc, real["label"], k, min_cell_fraction)
+    outputs = [("before fine-tuning", before), ("after fine-tuning", after)]
+    rows = _labelled_rows(best, worst, mcc)
+    case_grid(out / "fig9_real_best.png", real["data"][:, 0], real["label"], outputs, t, rows[:len(best)],
+              "Real test patches classified well by the fine-tuned model (cf. Figure 9)")
+    case_grid(out / "fig11_real_worst.png", real["data"][:, 0], real["label"], outputs, t, rows[len(best):],
+              "Real test patches classified badly by the fine-tuned model (cf. Figure 11)")
+    n_ranked = int(np.count_nonzero(real["label"].reshape(len(mcc), -1).mean(1) >= min_cell_fraction))
+    for name, which in (("fig9_real_best.png", "best"), ("fig11_real_worst.png", "worst")):
+        captions[name] = (f"Real test patches: the {which} of {n_ranked} (with at least {min_cell_fraction:.0%} "
+                          f"cell pixels) by per-patch MCC of the fine-tuned model at t = {t:.3f}; errors are "
+                          f"the fine-tuned model's.")
+    return captions
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs", help="runs folder (pretrain/, finetune/, eval/)")
+    parser.add_argument("--data", help="data folder with synthetic/ and real/ (default: RUNS/data)")
+    parser.add_argument("--out", required=True, help="output folder for the PNGs")
+    parser.add_argument("-k", type=int, default=4, help="best and worst cases per figure (default: %(default)s)")
+    parser.add_argument("--min-cell-fraction", type=float, default=0.01,
+                        help="rank only patches with at least this fraction of cell pixels (default: %(default)s)")
+    parser.add_argument("--gpu", type=int, help="CUDA device id for forward passes (default: CPU)")
+    args = parser.parse_args(argv)
+    if args.k < 1 or not 0 <= args.min_cell_fraction < 1:
+        parser.error("-k must be positive and --min-cell-fraction in [0, 1)")
+    from tools import caffe_env
+    from tools.evaluate import InputError
+
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        captions = make_figures(args.runs, args.data or Path(args.runs) / "data", out, args.k,
+                                args.min_cell_fraction, args.gpu)
+    except (OSError, ValueError, InputError, caffe_env.CaffeNotFound) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for name, caption in captions.items():
+        print(f"{out / name}: {caption}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
