@@ -8,13 +8,13 @@ ROOT := $(CURDIR)
 PYTHON_BASE ?= python3
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
-RUNS ?= $(ROOT)/runs
+QUICK ?=
+RUNS ?= $(ROOT)/runs$(if $(filter 1,$(QUICK)),/quick,)
 DATA := $(RUNS)/data
 SEED ?= 0
 FORMAT ?= hdf5
 BATCH ?= 8
 CONFIG ?= default
-QUICK ?=
 
 # GPU=1 trains and evaluates with the CUDA build on device 0; GPU=<n> (n > 1) or GPU_ID=<n> on device n.
 # Unset means CPU.
@@ -47,7 +47,7 @@ export CAFFE_ROOT
 
 # QUICK=1: a few-minute smoke run of the whole pipeline (the tests use it).
 ifeq ($(QUICK),1)
-  SYN_ARGS ?= --n-images 6 --n-train 48 --n-test 16
+  SYN_ARGS ?= --n-images 6 --image-size 256 --n-train 48 --n-test 16
   REAL_ARGS ?= --n-train 12 --max-test-images 3
   EPOCHS_PRETRAIN ?= 2
   EPOCHS_FINETUNE ?= 2
@@ -99,8 +99,10 @@ prototxt: env ## regenerate the committed prototxt/ and solvers/ from net.py and
 	@$(PY) solvers/solve.py --write-defaults solvers
 
 data: caffe ## build the synthetic and real datasets under runs/data/
-	@$(PY) -m data_prep synthetic --out "$(DATA)/synthetic" --seed $(SEED) --format both $(SYN_ARGS)
-	@$(PY) -m data_prep mnfinder --out "$(DATA)/real" --seed $(SEED) --format both $(REAL_ARGS)
+	@$(PY) -m data_prep synthetic --out "$(DATA)/synthetic" --seed $(SEED) --format both \
+	  --preview "$(DATA)/synthetic_preview.png" $(SYN_ARGS)
+	@$(PY) -m data_prep mnfinder --out "$(DATA)/real" --seed $(SEED) --format both \
+	  --preview "$(DATA)/real_preview.png" $(REAL_ARGS)
 
 pretrain: data ## train FCRN-A on the synthetic patches with `caffe train` (resumes if interrupted)
 	@$(PY) tools/train.py --stage pretrain --data "$(DATA)/synthetic" --out "$(RUNS)/pretrain" \
@@ -115,7 +117,7 @@ evaluate: finetune ## Table 1 before/after fine-tuning, Otsu baseline, ROC, figu
 	@$(PY) tools/table1.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
 
 report: evaluate ## one HTML + Markdown report under runs/report/
-	@$(PY) tools/report.py --runs "$(RUNS)" --out "$(RUNS)/report"
+	@$(PY) tools/report.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/report" $(GPU_ARGS)
 
 reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, report; prints Table 1
 	@cat "$(RUNS)/eval/table1.md"

@@ -1,7 +1,7 @@
 """FCRN-A in PyTorch, layer for layer the net of ``prototxt/net.py``: the speed peer for ``bench/`` only.
 
-Layer names match Caffe's (conv1..conv7, up5..up7, score) so that :func:`load_caffe_params` copies a pycaffe
-net's weights by name; ``tests/test_bench_net.py`` checks that both nets then give the same output.
+Layer names match Caffe's (conv1..conv7, up5..up7, score) so that :func:`load_params` copies a pycaffe
+net's weights (:func:`caffe_params`) by name; ``tests/test_bench_net.py`` checks that both nets then give the same output.
 """
 import math
 
@@ -64,8 +64,13 @@ def n_learnable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_caffe_params(model, net):
-    """Copy every parameter blob of pycaffe ``net`` into ``model`` by layer name.
+def caffe_params(net):
+    """The parameter blobs of a pycaffe net as {layer: [weight, bias...]} float32 arrays (copies)."""
+    return {name: [blob.data.copy() for blob in blobs] for name, blobs in net.params.items()}
+
+
+def load_params(model, params):
+    """Copy Caffe-layout parameters ({layer: [weight, bias...]}, see :func:`caffe_params`) into ``model``.
 
     Raises
     ------
@@ -73,18 +78,18 @@ def load_caffe_params(model, net):
         If a layer is missing on either side or a shape differs.
     """
     torch_layers = {name for name, m in model.named_children() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
-    if set(net.params) != torch_layers:
-        raise ValueError(f"layer names differ: caffe {sorted(net.params)} vs torch {sorted(torch_layers)}")
+    if set(params) != torch_layers:
+        raise ValueError(f"layer names differ: caffe {sorted(params)} vs torch {sorted(torch_layers)}")
     with torch.no_grad():
-        for name, blobs in net.params.items():
+        for name, blobs in params.items():
             module = getattr(model, name)
             targets = [module.weight] + ([module.bias] if module.bias is not None else [])
             if len(targets) != len(blobs):
                 raise ValueError(f"{name}: caffe has {len(blobs)} blobs, torch {len(targets)}")
             for target, blob in zip(targets, blobs):
-                if tuple(target.shape) != tuple(blob.data.shape):
-                    raise ValueError(f"{name}: shape {tuple(blob.data.shape)} vs {tuple(target.shape)}")
-                target.copy_(torch.from_numpy(blob.data.copy()))
+                if tuple(target.shape) != tuple(blob.shape):
+                    raise ValueError(f"{name}: shape {tuple(blob.shape)} vs {tuple(target.shape)}")
+                target.copy_(torch.from_numpy(blob))
     return model
 
 

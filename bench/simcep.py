@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.machine import describe  # noqa: E402
 from simcep_py import SimcepParams, simulate  # noqa: E402
 from simcep_py.dataset import image_seed, simplex_choice  # noqa: E402
 
@@ -41,8 +41,7 @@ def measure(shape=(512, 512), n_cells=50, n_images=20, repeats=3, seed=0, simple
             "unit": "images/s", "cpu_images_per_s": round(n_images / cpu, 3),
             "shape": list(shape), "n_cells": n_cells, "n_images": n_images, "repeats": repeats,
             "simplex_fraction": simplex_fraction, "target": target,
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "load_average_1m": round(os.getloadavg()[0], 2), "python": platform.python_version()}}
+            "machine": describe(threads=1)}
 
 
 def main(argv=None):
@@ -66,7 +65,8 @@ def main(argv=None):
                      args.simplex_fraction, args.target)
     print(f"simcep_py: {result['value']:.1f} images/s at {args.size}x{args.size} with {args.n_cells} cells "
           f"(CPU time of this process: {result['cpu_images_per_s']:.1f} images/s; "
-          f"{result['machine']['cores']} cores, load {result['machine']['load_average_1m']})")
+          f"{result['machine']['cpu']}, {result['machine']['logical_cpus']} CPUs, "
+          f"load {result['machine']['load_average_1min']})")
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)

@@ -150,7 +150,8 @@ def summarise(step_s, batch, size, peak):
     """Throughput figures of one framework from its per-round median step times."""
     median = statistics.median(step_s)
     gflops = flops.train_flops(size, size) * batch / median / 1e9
-    return dict(step_ms=round(median * 1e3, 2), round_ms=[round(t * 1e3, 2) for t in step_s],
+    return dict(step_ms=round(median * 1e3, 2), best_step_ms=round(min(step_s) * 1e3, 2),
+                round_ms=[round(t * 1e3, 2) for t in step_s],
                 patches_per_s=round(batch / median, 3), gflops=round(gflops, 1),
                 pct_peak=round(100 * gflops / peak, 1))
 
@@ -204,7 +205,10 @@ def run(batch=16, size=128, threads=None, rounds=5, steps=3, warmup=2, layer_ite
             print(f"training step, batch {batch} of 1x{size}x{size}, {threads} threads: "
                   f"{rounds} rounds x {steps} steps", file=sys.stderr)
             times = harness.alternate(workers, rounds, steps)
-            for w in workers if layer_iters else []:
+            for w in workers:
+                result.setdefault("build", {})[w.label] = w.call("build_info")
+                if not layer_iters:
+                    continue
                 if w.label == "torch":
                     layer_times["torch"] = w.call("layer_times", layer_iters)
                 else:
@@ -215,7 +219,6 @@ def run(batch=16, size=128, threads=None, rounds=5, steps=3, warmup=2, layer_ite
                         forward_backward_ms=timing["forward_backward"], forward_ms=timing.get("forward"),
                         backward_ms=timing.get("backward"), iterations=layer_iters,
                         all_layers_ms=timing["layers"])
-                result.setdefault("build", {})[w.label] = w.call("build_info")
         finally:
             for w in workers:
                 w.close()
@@ -234,8 +237,9 @@ def run(batch=16, size=128, threads=None, rounds=5, steps=3, warmup=2, layer_ite
 
 def build_info():
     """Which build this process runs: Caffe's binary and the BLAS/OpenMP libraries mapped, or torch's version."""
-    libs = sorted({line.split()[-1] for line in open("/proc/self/maps")
-                   if re.search(r"blas|blis|mkl|gomp|libomp|libcaffe", line.split()[-1])})
+    with open("/proc/self/maps") as maps:  # numpy's and scipy's own BLAS copies are not the ones timed
+        libs = sorted({line.split()[-1] for line in maps if re.search(r"blas|blis|mkl|gomp|libomp|libcaffe",
+                       line.split()[-1]) and ".libs/" not in line and "scipy/" not in line})
     info = dict(libraries=libs)
     if "caffe" in sys.modules:
         from tools import caffe_env
@@ -261,8 +265,9 @@ def format_report(r):
     for label in labels(r):
         s = r[label]
         ratio = f"  x{s['ratio_over_torch']:.2f} of PyTorch" if "ratio_over_torch" in s else ""
-        lines.append(f"  {label:14s} {s['step_ms']:8.1f} ms/step {s['patches_per_s']:7.2f} patches/s "
-                     f"{s['gflops']:6.1f} GFLOP/s ({s['pct_peak']:.0f}% of peak){ratio}")
+        lines.append(f"  {label:16s} {s['step_ms']:8.1f} ms/step (best {s['best_step_ms']:.0f}) "
+                     f"{s['patches_per_s']:7.2f} patches/s {s['gflops']:6.1f} GFLOP/s ({s['pct_peak']:.0f}% of peak)"
+                     f"{ratio}")
     if "layers" in r:
         shown = [label for label in labels(r) if label in r["layers"][0]]
         head = " | ".join(f"{label[:16]:>16s} fwd   bwd GFLOP/s" for label in shown)

@@ -66,7 +66,10 @@ def _params(args):
     values = {}
     if args.params:
         with open(args.params) as handle:
-            loaded = json.load(handle)
+            try:
+                loaded = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{args.params}: not valid JSON ({error})") from None
         values = loaded.get("params", loaded) if isinstance(loaded, dict) else None
         if not isinstance(values, dict):
             raise ValueError(f"{args.params}: expected a JSON object of parameters")

@@ -101,7 +101,7 @@ def solver_param(train_net, test_net, sched, n_test, test_batch, snapshot_prefix
 
 def write_defaults(out, batch_size=8):
     """Write the committed solvers for the default datasets (200 synthetic, 440 real patches)."""
-    counts = {"pretrain": (200, 96), "finetune": (440, 96)}  # (train, test/val) patches of `make data`
+    counts = {"pretrain": (200, 100), "finetune": (440, 76)}  # (train, test/val) patches of `make data`
     for config in CONFIGS:
         for stage, (n_train, n_test) in counts.items():
             sched = schedule(stage, n_train, batch_size, config)

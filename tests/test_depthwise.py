@@ -1,9 +1,10 @@
 """The direct depthwise path of our Caffe patch (group == channels == num_output) against the GEMM path.
 
-Every case runs a Convolution or Deconvolution layer twice, once on the direct depthwise loops and once on
-Caffe's own per-group GEMM (``CAFFE_DEPTHWISE=0`` in the environment when the net is built), and checks both
-against a float64 numpy reference: forward output, gradient to the bottom, filter and bias gradients.
-``CELLFCN_TEST_GPU=<id>`` runs the same checks in GPU mode with the CUDA build (tests/test_gpu.py does).
+Every case runs a Convolution or Deconvolution layer on each path the environment's ``CAFFE_DEPTHWISE``
+selects when the net is built: the direct loops (unset), Caffe's own per-group GEMM (``0``) and, on the CPU,
+the CUDA kernels' per-element code (``kernel``), and checks each against a float64 numpy reference: forward
+output, gradient to the bottom, filter and bias gradients. ``CELLFCN_TEST_GPU=<id>`` runs the same checks in
+GPU mode with the CUDA build (tests/test_gpu.py does).
 """
 import os
 import subprocess
@@ -92,18 +93,22 @@ layer {{ name: "out" type: "{kind}" bottom: "data" top: "out"
 """
 
 
-def run_net(path, params, inputs, top_diffs, monkeypatch, depthwise):
-    """Build the net at ``path`` on the chosen path, load params, run forward and backward once.
+# CAFFE_DEPTHWISE value per path; None = unset. "kernel" only differs from "direct" on the CPU.
+PATHS = {"direct": None, "gemm": "0", "kernel": "kernel"}
+
+
+def run_net(path, params, inputs, top_diffs, monkeypatch, mode):
+    """Build the net at ``path`` on path ``mode`` (a PATHS key), load params, run forward and backward once.
 
     Returns
     -------
     dict
         ``top`` blobs' data, ``<blob>_diff`` of every input, and ``<layer>_<i>_diff`` of every param blob.
     """
-    if depthwise:
+    if PATHS[mode] is None:
         monkeypatch.delenv("CAFFE_DEPTHWISE", raising=False)
     else:
-        monkeypatch.setenv("CAFFE_DEPTHWISE", "0")
+        monkeypatch.setenv("CAFFE_DEPTHWISE", PATHS[mode])
     net = caffe.Net(str(path), caffe.TEST)
     for layer, blobs in params.items():
         for blob, value in zip(net.params[layer], blobs):
@@ -147,20 +152,19 @@ def test_depthwise_matches_gemm_and_numpy(case, tmp_path, monkeypatch):
         x_grad_ref = conv_ref(g, weights, stride, pad, dilation)
         w_grad_ref = weight_grad_ref(g, x, kernel, stride, pad, dilation)
     params = {"out": [weights, b] if bias else [weights]}
-    direct = run_net(path, params, {"data": x}, {"out": g}, monkeypatch, depthwise=True)
-    gemm = run_net(path, params, {"data": x}, {"out": g}, monkeypatch, depthwise=False)
+    results = {mode: run_net(path, params, {"data": x}, {"out": g}, monkeypatch, mode) for mode in PATHS}
 
     expected = {"out": y_ref, "data_diff": x_grad_ref, "out_0_diff": w_grad_ref}
     if bias:
         expected["out_1_diff"] = g.astype(np.float64).sum(axis=(0, 2, 3))
-    assert set(direct) == set(expected) == set(gemm)
-    for name, ref in expected.items():
-        scale = max(1.0, float(np.abs(ref).max()))
-        assert direct[name].shape == ref.shape, name
-        np.testing.assert_allclose(direct[name], ref, rtol=RTOL, atol=ATOL * scale, err_msg=f"direct {name}")
-        np.testing.assert_allclose(gemm[name], ref, rtol=RTOL, atol=ATOL * scale, err_msg=f"GEMM {name}")
-        np.testing.assert_allclose(direct[name], gemm[name], rtol=RTOL, atol=ATOL * scale,
-                                   err_msg=f"direct vs GEMM {name}")
+    for mode, result in results.items():
+        assert set(result) == set(expected), mode
+        for name, ref in expected.items():
+            scale = max(1.0, float(np.abs(ref).max()))
+            assert result[name].shape == ref.shape, (mode, name)
+            np.testing.assert_allclose(result[name], ref, rtol=RTOL, atol=ATOL * scale, err_msg=f"{mode} {name}")
+            np.testing.assert_allclose(result[name], results["gemm"][name], rtol=RTOL, atol=ATOL * scale,
+                                       err_msg=f"{mode} vs GEMM {name}")
 
 
 def test_depthwise_is_deterministic(tmp_path, monkeypatch):
@@ -172,10 +176,11 @@ def test_depthwise_is_deterministic(tmp_path, monkeypatch):
     params = {"out": [rng.standard_normal((channels, 1) + kernel).astype(np.float32),
                       rng.standard_normal(channels).astype(np.float32)]}
     g = rng.standard_normal(conv_ref(x, params["out"][0], stride, pad, dilation).shape).astype(np.float32)
-    first = run_net(path, params, {"data": x}, {"out": g}, monkeypatch, depthwise=True)
-    second = run_net(path, params, {"data": x}, {"out": g}, monkeypatch, depthwise=True)
-    for name in first:
-        assert first[name].tobytes() == second[name].tobytes(), name
+    for mode in ("direct", "kernel"):
+        first = run_net(path, params, {"data": x}, {"out": g}, monkeypatch, mode)
+        second = run_net(path, params, {"data": x}, {"out": g}, monkeypatch, mode)
+        for name in first:
+            assert first[name].tobytes() == second[name].tobytes(), (mode, name)
 
 
 def _setup_log(path, env):
@@ -195,6 +200,7 @@ def test_depthwise_path_taken_only_when_it_applies(tmp_path):
     depthwise.write_text(layer_prototxt("Deconvolution", 4, (8, 8), (4, 4), (2, 2), (1, 1), (1, 1), False))
     assert LOG_MARK in _setup_log(depthwise, {})
     assert LOG_MARK not in _setup_log(depthwise, {"CAFFE_DEPTHWISE": "0"})
+    assert "per-element code on CPU" in _setup_log(depthwise, {"CAFFE_DEPTHWISE": "kernel"})
     # group == channels but two filters per channel: Caffe's GEMM path.
     multiplier = tmp_path / "multiplier.prototxt"
     multiplier.write_text(layer_prototxt("Convolution", 4, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), True,

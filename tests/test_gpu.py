@@ -162,3 +162,26 @@ def test_caffe_train_and_time_on_gpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"Average Forward-Backward: [\d.]+ ms", proc.stderr)
     assert re.search(r"up5\s+forward: [\d.]+ ms", proc.stderr)
+
+
+def _fake_nvidia_smi(folder, output, rc=0):
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\nprintf '{output}'\nexit {rc}\n")
+    script.chmod(0o755)
+    return dict(os.environ, PATH=f"{folder}:/usr/bin:/bin")
+
+
+@pytest.mark.parametrize("smi, expected", [("9.0\\n", "90"), ("9.0\\n8.0\\n9.0\\n", "80 90"),
+                                           ("12.0\\n", "120"), ("", "90")])
+def test_cuda_arch_from_visible_gpus(tmp_path, smi, expected):
+    env = _fake_nvidia_smi(tmp_path, smi)
+    out = subprocess.run([str(caffe_env.REPO / "tools" / "cuda_arch.sh")], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert out.strip() == expected
+
+
+def test_cuda_arch_without_driver(tmp_path):
+    env = _fake_nvidia_smi(tmp_path, "NVIDIA-SMI has failed\\n", rc=9)
+    out = subprocess.run([str(caffe_env.REPO / "tools" / "cuda_arch.sh")], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert out.strip() == "90"

@@ -242,6 +242,12 @@ def test_select_cases_skips_empty_patches():
     assert best.tolist() == [1, 0] and worst.tolist() == [2]
 
 
+def test_cases_fall_back_to_every_patch():
+    label = np.zeros((3, 10, 10), bool)  # no cells anywhere: rank all patches rather than show nothing
+    best, worst, fraction = figures._cases(np.array([0.0, 0.2, 0.1]), label, 4, 0.02)
+    assert best.tolist() == [1, 2] and worst.tolist() == [0] and fraction == 0
+
+
 # ------------------------------------------------------------------------------------------------- report
 def _write_split(path, data, label, **extra):
     with h5py.File(path, "w") as f:

@@ -52,7 +52,7 @@ def per_patch_mcc(prob, label, threshold):
     return scores(tp, fp, tn, fn)["mcc"]
 
 
-def select_cases(mcc, label, k=4, min_cell_fraction=0.01):
+def select_cases(mcc, label, k=4, min_cell_fraction=0.02):
     """Indices of the ``k`` best and ``k`` worst patches by MCC among those with enough cell pixels.
 
     Ties keep the lower index (stable sort), so the choice is deterministic.
@@ -109,8 +109,8 @@ def case_grid(path, data, label, outputs, threshold, rows, title):
         raise ValueError(f"no patch to show in {path} (no test patch has enough cell pixels)")
     headers = ["input", "ground truth", *(name for name, _ in outputs), f"errors (t = {threshold:.2f})"]
     ncols = len(headers)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols + 1.2, 1.95 * len(rows) + 0.9),
-                             squeeze=False)
+    height = 1.95 * len(rows) + 0.9
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols + 1.4, height), squeeze=False)
     for r, (i, text) in enumerate(rows):
         panels = [(data[i], "gray"), (label[i], "gray"), *((prob[i], "gray") for _, prob in outputs),
                   (error_map(outputs[-1][1][i] >= threshold, label[i]), None)]
@@ -123,9 +123,9 @@ def case_grid(path, data, label, outputs, threshold, rows, title):
                 ax.set_title(headers[c], fontsize=9)
         axes[r, 0].set_ylabel(text, fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.005, "errors: white = true positive, red = false positive, blue = false negative",
+    fig.text(0.5, 0.05 / height, "errors: white = true positive, red = false positive, blue = false negative",
              ha="center", va="bottom", fontsize=8)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.25 / height, 1, 1 - 0.3 / height))
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
@@ -133,9 +133,18 @@ def case_grid(path, data, label, outputs, threshold, rows, title):
     os.replace(tmp, path)
 
 
-def _labelled_rows(best, worst, mcc):
-    rows = [(int(i), f"best {n + 1}: #{i}\nMCC {mcc[i]:.3f}") for n, i in enumerate(best)]
-    rows += [(int(i), f"worst {n + 1}: #{i}\nMCC {mcc[i]:.3f}") for n, i in enumerate(worst)]
+def _labelled_rows(best, worst, mcc, split):
+    """Row labels: rank, patch index (and source image and origin when the split records them), MCC."""
+    def text(rank, i):
+        lines = [f"{rank}: MCC {mcc[i]:.3f}", f"patch {i}"]
+        if "source_index" in split and "origin" in split:
+            y, x = split["origin"][i]
+            lines[1] += f", image {split['source_index'][i]}"
+            lines.append(f"at y={y}, x={x}")
+        return "\n".join(lines)
+
+    rows = [(int(i), text(f"best {n + 1}", i)) for n, i in enumerate(best)]
+    rows += [(int(i), text(f"worst {n + 1}", i)) for n, i in enumerate(worst)]
     return rows
 
 
@@ -175,7 +184,15 @@ def load_probs(runs, name, stage, data, gpu=None):
     return E.predict(net, data, desc=f"{stage}: {name}")
 
 
-def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.01, gpu=None):
+def _cases(mcc, label, k, min_cell_fraction):
+    """:func:`select_cases`, falling back to every patch when none has enough cell pixels."""
+    best, worst = select_cases(mcc, label, k, min_cell_fraction)
+    if len(best):
+        return best, worst, min_cell_fraction
+    return (*select_cases(mcc, label, k, 0.0), 0.0)
+
+
+def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02, gpu=None):
     """Write the three figures into ``out``; return ``{file name: caption}``."""
     from tools import evaluate as E
 
@@ -187,9 +204,9 @@ def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.01, gpu=None):
     prob = load_probs(runs, "before_synthetic", "pretrain", syn["data"], gpu)
     t = thresholds.get("synthetic", thresholds.get("before", 0.5))
     mcc = per_patch_mcc(prob, syn["label"], t)
-    best, worst = select_cases(mcc, syn["label"], k, min_cell_fraction)
+    best, worst, _ = _cases(mcc, syn["label"], k, min_cell_fraction)
     case_grid(out / "fig8_synthetic.png", syn["data"][:, 0], syn["label"], [("output (pretrained)", prob)], t,
-              _labelled_rows(best, worst, mcc), "Synthetic test patches, pretrained model (cf. Figure 8)")
+              _labelled_rows(best, worst, mcc, syn), "Synthetic test patches, pretrained model (cf. Figure 8)")
     captions["fig8_synthetic.png"] = (
         f"Synthetic test patches with the pretrained model: the {len(best)} best and {len(worst)} worst of "
         f"{len(mcc)} by per-patch MCC at t = {t:.3f}.")
@@ -199,16 +216,18 @@ def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.01, gpu=None):
     before = load_probs(runs, "before", "pretrain", real["data"], gpu)
     t = thresholds.get("after", 0.5)
     mcc = per_patch_mcc(after, real["label"], t)
-    best, worst = select_cases(mcc, real["label"], k, min_cell_fraction)
+    best, worst, fraction = _cases(mcc, real["label"], k, min_cell_fraction)
     outputs = [("before fine-tuning", before), ("after fine-tuning", after)]
-    rows = _labelled_rows(best, worst, mcc)
-    case_grid(out / "fig9_real_best.png", real["data"][:, 0], real["label"], outputs, t, rows[:len(best)],
-              "Real test patches classified well by the fine-tuned model (cf. Figure 9)")
-    case_grid(out / "fig11_real_worst.png", real["data"][:, 0], real["label"], outputs, t, rows[len(best):],
-              "Real test patches classified badly by the fine-tuned model (cf. Figure 11)")
-    n_ranked = int(np.count_nonzero(real["label"].reshape(len(mcc), -1).mean(1) >= min_cell_fraction))
-    for name, which in (("fig9_real_best.png", "best"), ("fig11_real_worst.png", "worst")):
-        captions[name] = (f"Real test patches: the {which} of {n_ranked} (with at least {min_cell_fraction:.0%} "
+    rows = _labelled_rows(best, worst, mcc, real)
+    n_ranked = int(np.count_nonzero(real["label"].reshape(len(mcc), -1).mean(1) >= fraction))
+    for name, which, shown, title in (
+            ("fig9_real_best.png", "best", rows[:len(best)], "classified well by the fine-tuned model (cf. Figure 9)"),
+            ("fig11_real_worst.png", "worst", rows[len(best):],
+             "classified badly by the fine-tuned model (cf. Figure 11)")):
+        if not shown:  # a single rankable patch is only shown among the best
+            continue
+        case_grid(out / name, real["data"][:, 0], real["label"], outputs, t, shown, f"Real test patches {title}")
+        captions[name] = (f"Real test patches: the {which} of {n_ranked} (with at least {fraction:.0%} "
                           f"cell pixels) by per-patch MCC of the fine-tuned model at t = {t:.3f}; errors are "
                           f"the fine-tuned model's.")
     return captions
@@ -220,7 +239,7 @@ def main(argv=None):
     parser.add_argument("--data", help="data folder with synthetic/ and real/ (default: RUNS/data)")
     parser.add_argument("--out", required=True, help="output folder for the PNGs")
     parser.add_argument("-k", type=int, default=4, help="best and worst cases per figure (default: %(default)s)")
-    parser.add_argument("--min-cell-fraction", type=float, default=0.01,
+    parser.add_argument("--min-cell-fraction", type=float, default=0.02,
                         help="rank only patches with at least this fraction of cell pixels (default: %(default)s)")
     parser.add_argument("--gpu", type=int, help="CUDA device id for forward passes (default: CPU)")
     args = parser.parse_args(argv)

@@ -99,15 +99,16 @@ def plot_stages(stages, out, title="Training logs"):
                             label="test accuracy" if first else None)
             lr = train["lr"]
             keep = np.isfinite(lr) & (lr > 0)
-            ax_lr.step(x_train[keep], lr[keep], where="post", color="tab:purple", lw=1.2,
-                       label="learning rate" if first else None)
+            if keep.any():  # hold the last rate to the end of the stage
+                ax_lr.step(np.append(x_train[keep], end), np.append(lr[keep], lr[keep][-1]), where="post",
+                           color="tab:purple", lw=1.2, label="learning rate" if first else None)
             start = end
         ax_loss.set_ylabel("loss")
         ax_acc.set_ylabel("test accuracy (pixels)")
         ax_lr.set_ylabel("learning rate")
         if np.any([np.any(s["train"]["lr"] > 0) for s in stages]):
             ax_lr.set_yscale("log")
-        ax_lr.set_xlabel(unit + ("s" if unit == "epoch" else "s (stages continue)"))
+        ax_lr.set_xlabel(f"{unit}s" + (" (each stage continues the previous one)" if len(stages) > 1 else ""))
         for ax in (ax_loss, ax_acc, ax_lr):
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:

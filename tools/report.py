@@ -255,8 +255,9 @@ def segmentation_section(doc, runs, data, out, table1, n_images, opening, min_ar
     doc.h(2, "Whole-image segmentation")
     doc.p(f"Fine-tuned model on whole real test images (`test_full.h5`), tiled with overlap and stitched; "
           f"threshold {threshold:.3f} ({chosen['name'] if chosen else 'default'}). Post-processing: opening "
-          f"with a disk of radius {opening} px, then removal of objects under {min_area} px. Overlay: red = "
-          f"predicted outline (post-processed), green = ground truth.")
+          f"with a disk of radius {opening} px, then removal of objects under {min_area} px. Cells are counted "
+          f"as 8-connected components of the masks, so touching nuclei count once (in the truth too). "
+          f"Overlay: red = predicted outline (post-processed), green = ground truth.")
     caffe = caffe_env.import_caffe(gpu)
     net = caffe.Net(str(Path(__file__).resolve().parent.parent / "prototxt" / "deploy.prototxt"), caffe.TEST,
                     weights=str(Path(runs) / "finetune" / "final.caffemodel"))

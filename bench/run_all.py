@@ -1,0 +1,143 @@
+"""`make bench`: every benchmark in one go -> <out>/results.json and <out>/results.md (the README's table).
+
+Runs the training step (bench/train_step.py), whole-image segmentation (bench/segment.py) and simcep_py's
+image rate (bench/simcep.py). PyTorch is the speed peer and lives only here: if it is missing, the pinned CPU
+wheel of bench/requirements.txt is installed into this interpreter's environment first.
+"""
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable like under the venv's .pth
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import harness, segment, train_step  # noqa: E402
+from bench.train_step import write_json  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+
+
+def ensure_torch():
+    """Install bench/requirements.txt with this interpreter's pip if torch is not importable."""
+    if importlib.util.find_spec("torch") is not None:
+        return
+    print("installing the PyTorch peer (bench/requirements.txt)", file=sys.stderr)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(BENCH / "requirements.txt")])
+    if proc.returncode != 0:
+        raise RuntimeError("pip could not install bench/requirements.txt")
+
+
+def run_simcep(args):
+    """bench/simcep.py's result dict (it owns its own CLI and JSON)."""
+    with tempfile.TemporaryDirectory(prefix="bench-simcep-") as tmp:
+        out = Path(tmp) / "simcep.json"
+        proc = subprocess.run([sys.executable, str(BENCH / "simcep.py"), "--json", str(out), *args])
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench/simcep.py failed ({proc.returncode})")
+        return json.loads(out.read_text())
+
+
+def _fmt(x, digits=2):
+    return f"{x:.{digits}f}"
+
+
+def markdown(results):
+    """The results as Markdown: a summary table, then the per-layer table of the training step."""
+    m = results["machine"]
+    lines = [f"Measured {results['date']} on {m['cpu']} ({m['logical_cpus']} CPUs, {m['mhz']:.0f} MHz), "
+             f"{m['threads']} threads for both frameworks; fp32 peak {m['fp32_peak_gflops']} GFLOP/s "
+             f"({m['peak_derivation']}). Load average at the start: {m['load_average_1min']}.", "",
+             "| benchmark | ours | PyTorch 2.13 (CPU) | ours / PyTorch |", "|---|---|---|---|"]
+    t = results.get("train_step")
+    if t:
+        c, p = t["caffe"], t["torch"]
+        lines.append(f"| Caffe training step, batch {t['batch']} of 1x{t['size']}x{t['size']} (patches/s) | "
+                     f"{_fmt(c['patches_per_s'])} | {_fmt(p['patches_per_s'])} | {_fmt(t['ratio_caffe_over_torch'])} |")
+        lines.append(f"| training step: GFLOP/s (% of fp32 peak) | {c['gflops']} ({c['pct_peak']}%) | "
+                     f"{p['gflops']} ({p['pct_peak']}%) | |")
+    s = results.get("segment")
+    if s:
+        tiling = "whole" if s["tile"] == 0 else f"tiles of {s['tile']}+{s['halo']} px"
+        lines.append(f"| Caffe segmentation of one {s['size']}x{s['size']} image, {tiling} (MP/s) | "
+                     f"{_fmt(s['caffe']['mp_per_s'], 3)} | {_fmt(s['torch']['mp_per_s'], 3)} | "
+                     f"{_fmt(s['ratio_caffe_over_torch'])} |")
+    sim = results.get("simcep")
+    if sim:
+        lines.append(f"| simcep_py: {sim['shape'][0]}x{sim['shape'][1]} images with {sim['n_cells']} cells "
+                     f"(images/s, 1 thread) | {_fmt(sim['value'])} | n/a | |")
+    if t and "layers" in t:
+        lines += ["", f"Training step per layer (ms per batch of {t['batch']}, forward / backward; GFLOP/s over both; "
+                      "Caffe from `caffe time`, PyTorch each layer alone):", "",
+                  "| layer | GFLOP | Caffe fwd | Caffe bwd | Caffe GFLOP/s | PyTorch fwd | PyTorch bwd | PyTorch GFLOP/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in t["layers"]:
+            cells = []
+            for label in ("caffe", "torch"):
+                r = row.get(label)
+                cells += [f"{r['fwd_ms']:.1f}", f"{r['bwd_ms']:.1f}", f"{r['gflops']:.1f}"] if r else ["", "", ""]
+            lines.append(f"| {row['layer']} | {row['gflop']:.2f} | " + " | ".join(cells) + " |")
+        ct = t.get("caffe_time", {}).get("caffe")
+        if ct:
+            lines.append(f"\n`caffe time` forward-backward: {ct['forward_backward_ms']:.0f} ms per batch "
+                         f"(all layers, ReLU/pooling/loss included).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--threads", type=int, default=None, help="threads for both frameworks (default: all CPUs)")
+    p.add_argument("--quick", action="store_true", help="a fast smoke run: small sizes, one round each")
+    p.add_argument("--skip", default="", help="comma list of benchmarks to skip: train_step, segment, simcep")
+    a = p.parse_args(argv)
+    skip = {s for s in a.skip.split(",") if s}
+    if skip - {"train_step", "segment", "simcep"}:
+        print(f"error: unknown benchmark in --skip: {sorted(skip - {'train_step', 'segment', 'simcep'})}",
+              file=sys.stderr)
+        return 2
+    if a.threads is not None and a.threads < 1:
+        print("error: --threads must be >= 1", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = a.threads or len(os.sched_getaffinity(0))
+    results = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="minutes"))
+    try:
+        ensure_torch()
+        if "train_step" not in skip:
+            kw = dict(batch=2, rounds=1, steps=1, warmup=1, layer_iters=1) if a.quick else {}
+            results["train_step"] = r = train_step.run(threads=threads, **kw)
+            print(train_step.format_report(r), flush=True)
+        if "segment" not in skip:
+            kw = dict(size=512, tile=256, rounds=1) if a.quick else {}
+            results["segment"] = r = segment.run(threads=threads, **kw)
+            print(segment.format_report(r), flush=True)
+        if "simcep" not in skip:
+            args = ["--size", "128", "--n-images", "2", "--repeats", "1"] if a.quick else []
+            results["simcep"] = r = run_simcep(args)
+    except (harness.WorkerError, RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    results["machine"] = next(r["machine"] for r in results.values() if isinstance(r, dict) and "machine" in r) \
+        if len(results) > 1 else None
+    if results["machine"] is None:
+        print("error: every benchmark was skipped", file=sys.stderr)
+        return 2
+    results["machine"] = dict(results["machine"], threads=threads)
+    write_json(out / "results.json", results)
+    md = out / "results.md"
+    tmp = md.with_name(md.name + ".tmp")
+    tmp.write_text(markdown(results))
+    os.replace(tmp, md)
+    print(f"\nwrote {out / 'results.json'} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

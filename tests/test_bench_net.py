@@ -1,0 +1,161 @@
+"""bench/: the PyTorch speed peer is the same FCRN-A as our Caffe net, and the benchmark plumbing is right.
+
+Same net: with Caffe's random weights copied in, PyTorch gives Caffe's deploy output and Caffe's training loss
+and gradients. No timings are asserted here (speed lives in `make bench`).
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from torch.nn import functional as F
+
+from bench import fcrn_torch, flops, nets, segment, train_step
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def deploy(caffe):
+    caffe.set_random_seed(3)
+    return caffe.Net(str(nets.DEPLOY), caffe.TEST)
+
+
+def _torch_from(net):
+    return fcrn_torch.load_params(fcrn_torch.FCRNA(), fcrn_torch.caffe_params(net))
+
+
+def test_torch_net_has_the_papers_parameter_count(deploy):
+    model = fcrn_torch.FCRNA()
+    assert fcrn_torch.n_learnable(model) == 1_365_282
+    caffe_learnable = sum(b.data.size for name, blobs in deploy.params.items() if not name.startswith("up")
+                          for b in blobs)
+    assert caffe_learnable == 1_365_282
+
+
+def test_torch_upsampling_is_caffes_bilinear_filler(deploy):
+    model = fcrn_torch.FCRNA()
+    for name in ("up5", "up6", "up7"):
+        np.testing.assert_array_equal(getattr(model, name).weight.numpy(), deploy.params[name][0].data)
+        assert not getattr(model, name).weight.requires_grad
+
+
+def test_deploy_output_matches_caffe(deploy):
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 1, 48, 64), dtype=np.float32)  # non-square, batch of two
+    deploy.blobs["data"].reshape(*x.shape)
+    deploy.reshape()
+    deploy.blobs["data"].data[...] = x
+    prob_caffe = deploy.forward()["prob"].copy()
+    with torch.no_grad():
+        prob_torch = torch.softmax(_torch_from(deploy)(torch.from_numpy(x)), dim=1).numpy()
+    assert prob_torch.shape == prob_caffe.shape == (2, 2, 48, 64)
+    np.testing.assert_allclose(prob_torch, prob_caffe, atol=2e-6)
+    assert prob_caffe[:, 1].std() > 1e-4  # the comparison is not between two constant maps
+
+
+def test_training_loss_and_gradients_match_caffe(caffe, tmp_path):
+    batch, size = 2, 32
+    path = tmp_path / "train.prototxt"
+    path.write_text(nets.train_prototxt(batch, size))
+    caffe.set_random_seed(5)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    data, label = nets.batch_arrays(batch, size, seed=1)
+    net.blobs["data"].data[...] = data
+    net.blobs["label"].data[...] = label
+    loss_caffe = float(net.forward()["loss"])
+    net.backward()
+
+    model = _torch_from(net)
+    loss = F.cross_entropy(model(torch.from_numpy(data)), torch.from_numpy(label[:, 0]).long())
+    loss.backward()
+    assert loss.item() == pytest.approx(loss_caffe, rel=1e-5)
+    for name, blobs in net.params.items():
+        module = getattr(model, name)
+        if name.startswith("up"):
+            assert module.weight.grad is None  # fixed, as Caffe's lr_mult 0
+            continue
+        for blob, param in zip(blobs, (module.weight, module.bias)):
+            scale = np.abs(blob.diff).max()
+            assert scale > 0
+            np.testing.assert_allclose(param.grad.numpy(), blob.diff, atol=1e-4 * scale, err_msg=name)
+
+
+def test_analytic_flops_match_a_count_over_the_torch_layers():
+    model = fcrn_torch.FCRNA()
+    counted = {}
+
+    def hook(module, args, out, name):
+        per_output = module.weight[0].numel() if isinstance(module, torch.nn.Conv2d) else \
+            module.weight.shape[1] * module.kernel_size[0] * module.kernel_size[1] / module.stride[0] ** 2
+        counted[name] = 2 * per_output * out.numel()
+
+    for name in flops.LAYERS:
+        getattr(model, name).register_forward_hook(lambda m, a, o, name=name: hook(m, a, o, name))
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 128, 96))
+    analytic = flops.layer_flops(128, 96)
+    assert counted.keys() == analytic.keys()
+    for name, value in counted.items():
+        assert analytic[name]["forward"] == pytest.approx(value), name
+    assert flops.forward_flops(128, 128) == pytest.approx(3.048e9, rel=1e-3)  # "about 3.0 GFLOP" per patch
+    with pytest.raises(ValueError):
+        flops.layer_flops(100, 128)
+
+
+def test_tiles_cover_the_image_once_on_the_pooling_grid():
+    for size, tile, halo in ((2048, 512, 40), (96, 40, 16), (64, 0, 40)):
+        cover = np.zeros((size, size), int)
+        for (y0, y1, x0, x1), (oy0, oy1, ox0, ox1) in segment.tiles(size, size, tile, halo):
+            assert y0 % 8 == 0 and x0 % 8 == 0 and (y1 - y0) % 8 == 0 and (x1 - x0) % 8 == 0
+            assert y0 <= oy0 < oy1 <= y1 and x0 <= ox0 < ox1 <= x1
+            if tile:
+                assert oy0 - y0 in (0, halo) and ox0 - x0 in (0, halo)
+            cover[oy0:oy1, ox0:ox1] += 1
+        assert (cover == 1).all()
+
+
+def test_caffe_time_log_is_parsed(tmp_path):
+    path = tmp_path / "train.prototxt"
+    path.write_text(nets.train_prototxt(1, 16))
+    timing = train_step.caffe_time(path, 1)
+    assert list(timing["layers"])[:4] == ["data", "label", "conv1", "relu1"]
+    assert set(flops.LAYERS) <= set(timing["layers"])
+    assert all(set(t) == {"forward", "backward"} for t in timing["layers"].values())
+    assert timing["forward_backward"] > 0
+
+
+def test_train_step_cli_runs_both_frameworks(tmp_path):
+    out = tmp_path / "train.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench/train_step.py"), "--batch", "1", "--size", "32",
+                           "--rounds", "2", "--steps", "1", "--warmup", "0", "--layer-iters", "1", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    for label in ("caffe", "torch"):
+        assert len(r[label]["round_ms"]) == 2 and r[label]["patches_per_s"] > 0
+    assert r["ratio_caffe_over_torch"] == pytest.approx(r["caffe"]["patches_per_s"] / r["torch"]["patches_per_s"],
+                                                        rel=1e-2)
+    assert [row["layer"] for row in r["layers"]] == list(flops.LAYERS)
+    assert "Caffe / PyTorch" in proc.stdout or "of PyTorch" in proc.stdout
+
+
+def test_segment_cli_agrees_between_frameworks(tmp_path):
+    out = tmp_path / "seg.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench/segment.py"), "--size", "96", "--tile", "48",
+                           "--halo", "16", "--rounds", "1", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["max_abs_prob_diff"] < 1e-5
+    assert r["caffe"]["mp_per_s"] > 0 and r["torch"]["mp_per_s"] > 0
+
+
+@pytest.mark.parametrize("args", [["--size", "100"], ["--frameworks", "tensorflow"], ["--variant", "novalue"]])
+def test_train_step_rejects_bad_arguments(args):
+    proc = subprocess.run([sys.executable, str(REPO / "bench/train_step.py"), *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1

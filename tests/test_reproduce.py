@@ -1,0 +1,30 @@
+"""End to end: `make reproduce QUICK=1` runs data -> pretrain -> fine-tune -> evaluate -> report."""
+import json
+import subprocess
+
+from conftest import REPO
+
+
+def test_make_reproduce_quick_end_to_end(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.run(["make", "--no-print-directory", "reproduce", "QUICK=1", f"RUNS={runs}"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ("pretrain", "finetune"):
+        run = json.loads((runs / stage / "run.json").read_text())
+        assert run["status"] == "done" and (runs / stage / "final.caffemodel").is_file()
+    assert "Finetuning from" in (runs / "finetune" / "train.log").read_text()
+    table = json.loads((runs / "eval" / "table1.json").read_text())
+    names = " ".join(row["name"] for row in table["rows"]).lower()
+    assert "before" in names and "after" in names and "otsu" in names
+    for row in table["rows"]:
+        assert -1.0 <= row["mcc"] <= 1.0 and 0.0 <= row["threshold"] <= 1.0
+    # The printed Table 1 is the one on disk, and the report is one self-contained page.
+    assert (runs / "eval" / "table1.md").read_text().strip().splitlines()[0] in proc.stdout
+    html = (runs / "report" / "index.html").read_text()
+    assert "data:image/png;base64," in html and "MCC" in html
+    # A second run finds everything up to date and retrains nothing.
+    again = subprocess.run(["make", "--no-print-directory", "reproduce", "QUICK=1", f"RUNS={runs}"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert again.returncode == 0
+    assert "pretrain: up to date" in again.stdout and "finetune: up to date" in again.stdout
