@@ -81,9 +81,13 @@ env: $(VENV)/.stamp ## create .venv with the pinned Python packages; pycaffe imp
 
 ifeq ($(OWN_CAFFE),)
 caffe: deps env ## build BVLC Caffe + pycaffe into .caffe/ (GPU=1: CUDA build into .caffe-cuda/)
-	@tools/build_caffe.sh --prefix "$(CAFFE_PREFIX)" --python "$(PY)" \
-	  $(if $(CAFFE_SRC),--src "$(CAFFE_SRC)",) \
-	  $(if $(GPU),--gpu $(if $(CUDA_ARCH),--cuda-arch "$(CUDA_ARCH)",--cuda-arch "$$(tools/cuda_arch.sh)") --cuda-libs "$$(tools/cuda_libs.sh)",)
+ifeq ($(strip $(GPU)),)
+	@tools/build_caffe.sh --prefix "$(CAFFE_PREFIX)" --python "$(PY)" $(if $(CAFFE_SRC),--src "$(CAFFE_SRC)",)
+else
+	@libs=$$(tools/cuda_libs.sh) && arch="$(if $(CUDA_ARCH),$(CUDA_ARCH),$$(tools/cuda_arch.sh))" && \
+	  tools/build_caffe.sh --prefix "$(CAFFE_PREFIX)" --python "$(PY)" $(if $(CAFFE_SRC),--src "$(CAFFE_SRC)",) \
+	    --gpu --cuda-arch "$$arch" --cuda-libs "$$libs"
+endif
 else
 caffe: env
 	@test -x "$(CAFFE)" || { echo "error: CAFFE=$(CAFFE) is not an executable caffe binary" >&2; exit 1; }
@@ -91,8 +95,13 @@ caffe: env
 	@echo "Using your Caffe: $(CAFFE) (pycaffe: $(PYCAFFE))"
 endif
 
-test: caffe ## run the test suite (builds everything it needs first)
-	@$(PY) -m pytest -q tests
+# The PyTorch speed peer of bench/ (CPU torch); BENCH_PEER=0 leaves it out, and its tests with it.
+BENCH_PEER ?= 1
+$(VENV)/.bench-stamp: bench/requirements.txt $(VENV)/.stamp
+	@$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt && touch $@
+
+test: caffe $(if $(filter 1,$(BENCH_PEER)),$(VENV)/.bench-stamp,) ## run the test suite (builds everything it needs first)
+	@$(PY) -m pytest -q tests $(if $(filter 1,$(BENCH_PEER)),,--ignore=tests/test_bench_net.py) $(TEST_ARGS)
 
 prototxt: env ## regenerate the committed prototxt/ and solvers/ from net.py and solve.py
 	@$(PY) prototxt/net.py --out prototxt
@@ -123,8 +132,8 @@ reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, re
 	@cat "$(RUNS)/eval/table1.md"
 	@echo "Report: $(RUNS)/report/index.html"
 
-bench: caffe ## speed: Caffe vs PyTorch training step, segmentation, simcep -> runs/bench/
-	@$(PY) bench/run_all.py --out "$(RUNS)/bench"
+bench: caffe $(VENV)/.bench-stamp ## speed: Caffe vs PyTorch training step, segmentation, simcep -> runs/bench/
+	@$(PY) bench/run_all.py --out "$(RUNS)/bench" $(if $(filter 1,$(QUICK)),--quick,)
 
 docker-check: ## build the CPU Dockerfile with buildah and run the tests inside it
 	@tools/docker_check.sh

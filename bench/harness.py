@@ -92,30 +92,41 @@ class Worker:
 def alternate(workers, rounds, steps, progress=True):
     """Run ``steps`` timed steps per worker per round, alternating the order each round.
 
-    Each worker's ``run(steps)`` returns a list of per-step seconds; a round's figure is their median.
+    Each worker's ``run(steps)`` returns :func:`timed`'s dict; a round's figures are the medians over its steps.
 
     Returns
     -------
     dict
-        label -> list of per-round median step times (seconds), in round order.
+        label -> {"wall": [...], "cpu": [...]}: per-round median seconds per step, in round order.
     """
-    times = {w.label: [] for w in workers}
+    times = {w.label: {"wall": [], "cpu": []} for w in workers}
     for r in range(rounds):
         order = workers if r % 2 == 0 else workers[::-1]
         for w in order:
             time.sleep(PAUSE_S)
-            times[w.label].append(statistics.median(w.call("run", steps)))
+            step = w.call("run", steps)
+            for key in ("wall", "cpu"):
+                times[w.label][key].append(statistics.median(step[key]))
         if progress:
-            summary = "  ".join(f"{label} {t[-1] * 1e3:8.1f} ms" for label, t in times.items())
+            summary = "  ".join(f"{label} {t['wall'][-1] * 1e3:8.1f} ms" for label, t in times.items())
             print(f"  round {r + 1}/{rounds}: {summary}", file=sys.stderr, flush=True)
     return times
 
 
 def timed(fn, steps):
-    """Call ``fn()`` ``steps`` times; return the seconds each call took."""
-    out = []
+    """Call ``fn()`` ``steps`` times.
+
+    Returns
+    -------
+    dict
+        ``wall``: seconds per call; ``cpu``: CPU seconds of this process (all its threads) per call. On a busy
+        machine the CPU time of a one-thread run still measures the work done, while wall time also counts
+        the waits for a core.
+    """
+    out = {"wall": [], "cpu": []}
     for _ in range(steps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        out.append(time.perf_counter() - t0)
+        out["wall"].append(time.perf_counter() - t0)
+        out["cpu"].append(time.process_time() - c0)
     return out

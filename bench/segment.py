@@ -11,7 +11,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -139,30 +138,31 @@ def run(size=2048, tile=512, halo=40, threads=None, rounds=3, warmup=1, seed=0, 
     threads = threads or len(os.sched_getaffinity(0))
     info = machine.describe(threads)
     common = dict(size=size, tile=tile, halo=halo, seed=seed, warmup=warmup)
-    with tempfile.TemporaryDirectory(prefix="bench-seg-"):
-        caffe_w = harness.Worker("caffe", "bench.segment:CaffeSegment", dict(common, weights=weights), threads)
+    caffe_w = harness.Worker("caffe", "bench.segment:CaffeSegment", dict(common, weights=weights), threads)
+    try:
+        torch_w = harness.Worker("torch", "bench.segment:TorchSegment", dict(
+            common, threads=threads, params=caffe_w.call("get_params")), threads)
         try:
-            torch_w = harness.Worker("torch", "bench.segment:TorchSegment", dict(
-                common, threads=threads, params=caffe_w.call("get_params")), threads)
-            try:
-                diff = float(np.abs(caffe_w.call("segment") - torch_w.call("segment")).max())
-                print(f"segmenting {size}x{size} in {len(tiles(size, size, tile, halo))} tile(s), {threads} "
-                      f"threads, {rounds} rounds", file=sys.stderr)
-                times = harness.alternate([caffe_w, torch_w], rounds, 1)
-                build = {w.label: w.call("build_info") for w in (caffe_w, torch_w)}
-            finally:
-                torch_w.close()
+            diff = float(np.abs(caffe_w.call("segment") - torch_w.call("segment")).max())
+            print(f"segmenting {size}x{size} in {len(tiles(size, size, tile, halo))} tile(s), {threads} "
+                  f"threads, {rounds} rounds", file=sys.stderr)
+            times = harness.alternate([caffe_w, torch_w], rounds, 1)
+            build = {w.label: w.call("build_info") for w in (caffe_w, torch_w)}
         finally:
-            caffe_w.close()
+            torch_w.close()
+    finally:
+        caffe_w.close()
     # FLOPs actually computed: each tile's window, halo included.
     computed = sum(flops.forward_flops(y1 - y0, x1 - x0) for (y0, y1, x0, x1), _ in tiles(size, size, tile, halo))
     mp = size * size / 1e6
     result = dict(benchmark="segment", size=size, tile=tile, halo=halo, threads=threads, rounds=rounds,
                   gflop_computed=round(computed / 1e9, 1), max_abs_prob_diff=diff, machine=info, build=build)
-    for label, t in times.items():
+    for label, tt in times.items():
+        t = tt["wall"]
         median = statistics.median(t)
         gflops = computed / median / 1e9
-        result[label] = dict(seconds=round(median, 3), round_s=[round(x, 3) for x in t],
+        result[label] = dict(seconds=round(median, 3), cpu_seconds=round(statistics.median(tt["cpu"]), 3),
+                             round_s=[round(x, 3) for x in t],
                              mp_per_s=round(mp / median, 4), gflops=round(gflops, 1),
                              pct_peak=round(100 * gflops / info["fp32_peak_gflops"], 1))
     result["ratio_caffe_over_torch"] = round(result["caffe"]["mp_per_s"] / result["torch"]["mp_per_s"], 3)

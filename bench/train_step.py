@@ -146,11 +146,13 @@ def caffe_time(model, iterations):
     return parse_caffe_time(proc.stderr)
 
 
-def summarise(step_s, batch, size, peak):
-    """Throughput figures of one framework from its per-round median step times."""
+def summarise(times, batch, size, peak):
+    """Throughput figures of one framework from its per-round median step times (harness.alternate)."""
+    step_s = times["wall"]
     median = statistics.median(step_s)
     gflops = flops.train_flops(size, size) * batch / median / 1e9
     return dict(step_ms=round(median * 1e3, 2), best_step_ms=round(min(step_s) * 1e3, 2),
+                cpu_ms=round(statistics.median(times["cpu"]) * 1e3, 2),
                 round_ms=[round(t * 1e3, 2) for t in step_s],
                 patches_per_s=round(batch / median, 3), gflops=round(gflops, 1),
                 pct_peak=round(100 * gflops / peak, 1))
@@ -265,7 +267,8 @@ def format_report(r):
     for label in labels(r):
         s = r[label]
         ratio = f"  x{s['ratio_over_torch']:.2f} of PyTorch" if "ratio_over_torch" in s else ""
-        lines.append(f"  {label:16s} {s['step_ms']:8.1f} ms/step (best {s['best_step_ms']:.0f}) "
+        lines.append(f"  {label:16s} {s['step_ms']:8.1f} ms/step (best {s['best_step_ms']:.0f}, "
+                     f"CPU {s['cpu_ms']:.0f}) "
                      f"{s['patches_per_s']:7.2f} patches/s {s['gflops']:6.1f} GFLOP/s ({s['pct_peak']:.0f}% of peak)"
                      f"{ratio}")
     if "layers" in r:

@@ -173,6 +173,8 @@ echo "Configuring Caffe ($VARIANT) for Python $PY_VER, numpy $NUMPY_VER"
 echo "Building with $JOBS jobs (a cold build takes minutes; progress in $LOG)"
 cmake --build "$BUILD_DIR" -j "$JOBS" >>"$LOG" 2>&1 || fail "compile"
 rm -f "$STAMP_FILE"
+# Unlink the old install first: a caffe process still running keeps its files, instead of seeing them rewritten.
+rm -rf "${PREFIX:?}/bin" "$PREFIX/lib" "$PREFIX/include" "$PREFIX/python" "$PREFIX/share"
 cmake --build "$BUILD_DIR" --target install >>"$LOG" 2>&1 || fail "install"
 "$PREFIX/bin/caffe" --version >>"$LOG" 2>&1 || fail "running the installed caffe binary"
 echo "$STAMP" >"$STAMP_FILE"

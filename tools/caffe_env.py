@@ -7,6 +7,7 @@ Resolution order, for both the CPU and the CUDA build:
 3. the project's own build, ``.caffe/`` (CPU) or ``.caffe-cuda/`` (``gpu=True``), made by ``make caffe``.
 """
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,9 +89,24 @@ def import_caffe(gpu=None):
     else:
         if _cpu_only(caffe):
             raise CaffeNotFound(f"GPU requested but the Caffe at {path} is CPU-only: run 'make caffe GPU=1'")
+        check_device(gpu)
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
     return caffe
+
+
+def check_device(gpu):
+    """Raise CaffeNotFound unless CUDA device ``gpu`` is usable by the CUDA build.
+
+    Caffe aborts the whole process (glog FATAL) on a missing device or driver, so ask ``caffe device_query``
+    in a child process first and turn its failure into one line.
+    """
+    proc = subprocess.run([str(caffe_binary(gpu=True)), "device_query", f"-gpu={int(gpu)}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.split("] ", 1)[-1] for ln in proc.stderr.splitlines() if "Check failed" in ln or "] " in ln]
+        reason = next((ln for ln in lines if "Check failed" in ln), lines[-1] if lines else "no output")
+        raise CaffeNotFound(f"CUDA device {gpu} is not usable: {reason}")
 
 
 def _quiet_import():

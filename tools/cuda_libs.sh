@@ -21,11 +21,14 @@ has_libs() {  # $1: folder; true when it has both headers and both linkable libr
   local d=$1 lib
   [ -f "$d/include/cublas_v2.h" ] && [ -f "$d/include/curand.h" ] || return 1
   for lib in cublas curand; do
-    [ -e "$d/lib64/lib$lib.so" ] || [ -e "$d/lib/lib$lib.so" ] || [ -e "$d/targets/x86_64-linux/lib/lib$lib.so" ] || return 1
+    [ -e "$d/lib64/lib$lib.so" ] || [ -e "$d/lib/lib$lib.so" ] \
+      || [ -e "$d/targets/x86_64-linux/lib/lib$lib.so" ] || return 1
   done
 }
 
-CUDA=$(cuda_root) || err "nvcc not found: install the CUDA 13 toolkit (https://developer.nvidia.com/cuda-downloads) or set CUDA_HOME"
+APT_HINT="install cuda-libraries-dev-13-0 from NVIDIA's apt repository"
+CUDA=$(cuda_root) \
+  || err "nvcc not found: install the CUDA 13 toolkit (https://developer.nvidia.com/cuda-downloads) or set CUDA_HOME"
 if has_libs "$CUDA"; then echo "$CUDA"; exit 0; fi
 
 DEST=$ROOT/.caffe-build/cuda-libs
@@ -33,14 +36,15 @@ STAMP="$CUBLAS_WHEEL $CURAND_WHEEL"
 if [ -f "$DEST/.stamp" ] && [ "$(cat "$DEST/.stamp")" = "$STAMP" ] && has_libs "$DEST"; then echo "$DEST"; exit 0; fi
 
 PY=$ROOT/.venv/bin/python; [ -x "$PY" ] || PY=python3
-"$PY" -m pip --version >/dev/null 2>&1 || err "$CUDA has no cuBLAS/cuRAND and pip is unavailable: install cuda-libraries-dev-13-0 (NVIDIA's apt repo) or run 'make env'"
+"$PY" -m pip --version >/dev/null 2>&1 \
+  || err "$CUDA has no cuBLAS/cuRAND and pip is unavailable: $APT_HINT, or run 'make env'"
 echo "cuda_libs: $CUDA lacks cuBLAS/cuRAND; installing $CUBLAS_WHEEL $CURAND_WHEEL into $DEST" >&2
 TMP=$DEST.tmp
 rm -rf "$TMP"
 mkdir -p "$TMP/include" "$TMP/lib"
 "$PY" -m pip install --quiet --no-deps --disable-pip-version-check --target "$TMP/pkgs" \
   "$CUBLAS_WHEEL" "$CURAND_WHEEL" >&2 \
-  || err "pip could not install $CUBLAS_WHEEL $CURAND_WHEEL; install cuda-libraries-dev-13-0 (NVIDIA's apt repo) instead"
+  || err "pip could not install $CUBLAS_WHEEL $CURAND_WHEEL: $APT_HINT instead"
 
 # The wheels put headers and libraries under pkgs/nvidia/<lib>/{include,lib}; link them into one include/ and
 # lib/ (relative links, so the folder can move) and add the unversioned names: libcublas.so -> libcublas.so.13.

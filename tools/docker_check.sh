@@ -83,6 +83,8 @@ start=$SECONDS
 buildah "${STORE[@]}" bud --isolation chroot --layers --pull=never "${MOUNTS[@]}" -f "$ROOT/Dockerfile" -t "$IMAGE" "$ROOT" 2>&1 \
   | tee "$LOG_DIR/build.log" || die "image build failed (see $LOG_DIR/build.log)"
 build_s=$((SECONDS - start))
+size=$(buildah "${STORE[@]}" images --format '{{.Size}}' "$IMAGE" | head -n 1)
+echo "Built $IMAGE in ${build_s}s, image size $size"
 
 CTR=$(buildah "${STORE[@]}" from --pull=never "$IMAGE") || die "cannot create a container from $IMAGE"
 trap 'buildah "${STORE[@]}" rm "$CTR" >/dev/null 2>&1 || true' EXIT
@@ -92,5 +94,4 @@ buildah "${STORE[@]}" run --isolation chroot "${MOUNTS[@]}" "$CTR" -- "${INNER[@
   || die "'${INNER[*]}' failed inside $IMAGE"
 run_s=$((SECONDS - start))
 
-size=$(buildah "${STORE[@]}" images --format '{{.Size}}' "$IMAGE" | head -n 1)
 echo "docker-check passed: build ${build_s}s, '${INNER[*]}' ${run_s}s inside, image $IMAGE $size"

@@ -46,7 +46,8 @@ NET=$ROOT/prototxt/pretrain_train_hdf5.prototxt
 
 # The CUDA libraries resolve from the build's cuBLAS/cuRAND folder here and from the GPU machine there.
 CUDA_LIBS=$("$ROOT/tools/cuda_libs.sh" 2>/dev/null) || CUDA_LIBS=/usr/local/cuda
-export LD_LIBRARY_PATH=$PREFIX/lib:$CUDA_LIBS/lib:$CUDA_LIBS/lib64:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+LD_LIBRARY_PATH=$PREFIX/lib:$CUDA_LIBS/lib:$CUDA_LIBS/lib64:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH
 ldd "$CAFFE" | grep -q libcudart || die "$CAFFE is not a CUDA build (no libcudart): run 'make caffe GPU=1'"
 
 TMP=$OUT.tmp
@@ -57,7 +58,8 @@ cp "$CAFFE" "$TMP/caffe/bin/caffe"
 cp -a "$PREFIX"/lib/libcaffe.so* "$TMP/caffe/lib/"
 
 # Provided by the GPU machine: the C runtime, the compiler runtime and CUDA (driver, cudart, cuBLAS, cuRAND).
-SYSTEM='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libutil|libresolv|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcurand|libcaffe)\.so'
+SYSTEM='^(linux-vdso|ld-linux|libc|libm|libdl|librt|libpthread|libutil|libresolv|libstdc\+\+|libgcc_s'
+SYSTEM+='|libcuda|libcudart|libcublas|libcublasLt|libcurand|libcaffe)\.so'
 missing=""
 while read -r name arrow path _; do
   [ "$arrow" = "=>" ] || continue
@@ -132,7 +134,7 @@ step() {  # step NAME COMMAND...: run, log to $RESULTS/NAME.log, record seconds
   end=$(date +%s.%N)
   awk -v n="$name" -v a="$start" -v b="$end" 'BEGIN { printf "%s seconds: %.1f\n", n, b - a }' | tee -a "$SUMMARY"
 }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || true; } >>"$SUMMARY"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || true; } >>"$SUMMARY"
 step device_query "$CAFFE" device_query -gpu "$GPU"
 
 cd "$WORK"
@@ -156,7 +158,7 @@ step time_direct "$CAFFE" time -model train.prototxt -gpu "$GPU" -iterations 50
 step time_gemm env CAFFE_DEPTHWISE=0 "$CAFFE" time -model train.prototxt -gpu "$GPU" -iterations 50
 for path in direct gemm; do
   echo "-- caffe time, $path path (ms per iteration, batch of the training net)" >>"$SUMMARY"
-  grep -E 'Average (Forward|Backward|Forward-Backward):|(up[0-9]+)[[:space:]]+(forward|backward):' \
+  grep -E 'Average (Forward pass|Backward pass|Forward-Backward):|(up[0-9]+)[[:space:]]+(forward|backward):' \
     "$RESULTS/time_$path.log" | sed 's/.*\] *//' >>"$SUMMARY"
 done
 cat "$SUMMARY"

@@ -116,6 +116,9 @@ def train(args):
     out = Path(args.out)
     if args.weights and not Path(args.weights).is_file():
         raise TrainError(f"weights not found: {args.weights} (run 'make pretrain' first)")
+    binary = caffe_env.caffe_binary(gpu=args.gpu is not None)
+    if args.gpu is not None:
+        caffe_env.check_device(args.gpu)
     solver_path, info = prepare(args)
     final, run_json = out / "final.caffemodel", out / "run.json"
     previous = json.loads(run_json.read_text()) if run_json.is_file() else {}
@@ -128,7 +131,6 @@ def train(args):
         print(f"{args.stage}: up to date ({final})")
         return final
 
-    binary = caffe_env.caffe_binary(gpu=args.gpu is not None)
     cmd = [str(binary), "train", f"-solver={solver_path.resolve()}", "-sigint_effect=stop",
            "-sighup_effect=snapshot"]
     start_iter, state = newest_snapshot(out)
