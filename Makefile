@@ -69,7 +69,8 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 	@echo
 	@echo "Variables: GPU=1 [GPU_ID=n] CUDA_ARCH=\"80 90\" QUICK=1 SEED=$(SEED) FORMAT=hdf5|lmdb BATCH=$(BATCH)"
-	@echo "           EPOCHS=n CONFIG=default|paper RUNS=$(RUNS) CAFFE_ROOT=<prefix> | CAFFE=<bin> PYCAFFE=<dir>"
+	@echo "           EPOCHS=n CONFIG=default|paper RUNS=$(RUNS) BENCH_PEER=0|1 TEST_ARGS=<pytest args>"
+	@echo "           CAFFE_ROOT=<prefix> | CAFFE=<bin> PYCAFFE=<dir>  (use your own Caffe build)"
 
 deps: ## install the Debian build/runtime packages (root; otherwise prints the command)
 	@tools/deps.sh
