@@ -145,7 +145,10 @@ def test_interrupted_run_resumes_from_its_snapshot(tmp_path):
     out = tmp_path / "pretrain"
     args = [sys.executable, str(REPO / "tools/train.py"), "--stage", "pretrain", "--data", str(syn), "--out",
             str(out), "--batch", "4", "--epochs", "100"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
+    # SIGINT; give the child the default disposition a terminal would.
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list(out.glob("snap_iter_*.solverstate")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
