@@ -108,29 +108,35 @@ prototxt: env ## regenerate the committed prototxt/ and solvers/ from net.py and
 	@$(PY) prototxt/net.py --out prototxt
 	@$(PY) solvers/solve.py --write-defaults solvers
 
+# Each stage's wall time goes to $(RUNS)/timings.tsv; `make reproduce` prints it.
+TIMED = tools/stage_time.sh "$(RUNS)"
+
 data: caffe ## build the synthetic and real datasets under runs/data/
-	@$(PY) -m data_prep synthetic --out "$(DATA)/synthetic" --seed $(SEED) --format both \
+	@$(TIMED) data-synthetic $(PY) -m data_prep synthetic --out "$(DATA)/synthetic" --seed $(SEED) --format both \
 	  --preview "$(DATA)/synthetic_preview.png" $(SYN_ARGS)
-	@$(PY) -m data_prep mnfinder --out "$(DATA)/real" --seed $(SEED) --format both \
+	@$(TIMED) data-real $(PY) -m data_prep mnfinder --out "$(DATA)/real" --seed $(SEED) --format both \
 	  --preview "$(DATA)/real_preview.png" $(REAL_ARGS)
 
 pretrain: data ## train FCRN-A on the synthetic patches with `caffe train` (resumes if interrupted)
-	@$(PY) tools/train.py --stage pretrain --data "$(DATA)/synthetic" --out "$(RUNS)/pretrain" \
+	@$(TIMED) pretrain $(PY) tools/train.py --stage pretrain --data "$(DATA)/synthetic" --out "$(RUNS)/pretrain" \
 	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) $(EPOCH_ARGS_PRETRAIN) $(GPU_ARGS)
 
 finetune: pretrain ## fine-tune the pretrained model on the real patches (`caffe train --weights`)
-	@$(PY) tools/train.py --stage finetune --data "$(DATA)/real" --out "$(RUNS)/finetune" \
+	@$(TIMED) finetune $(PY) tools/train.py --stage finetune --data "$(DATA)/real" --out "$(RUNS)/finetune" \
 	  --weights "$(RUNS)/pretrain/final.caffemodel" \
 	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) $(EPOCH_ARGS_FINETUNE) $(GPU_ARGS)
 
 evaluate: finetune ## Table 1 before/after fine-tuning, Otsu baseline, ROC, figures -> runs/eval/
-	@$(PY) tools/table1.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
+	@$(TIMED) evaluate $(PY) tools/table1.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
 
 report: evaluate ## one HTML + Markdown report under runs/report/
-	@$(PY) tools/report.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/report" $(GPU_ARGS)
+	@$(TIMED) report $(PY) tools/report.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/report" $(GPU_ARGS)
 
 reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, report; prints Table 1
 	@cat "$(RUNS)/eval/table1.md"
+	@echo; echo "Wall time of each stage's latest run ($(RUNS)/timings.tsv):"
+	@awk -F'\t' '{ t += $$2; printf "  %-15s %8.1f s\n", $$1, $$2 } \
+	  END { printf "  %-15s %8.1f s (%.1f min)\n", "total", t, t / 60 }' "$(RUNS)/timings.tsv"
 	@echo "Report: $(RUNS)/report/index.html"
 
 bench: caffe $(VENV)/.bench-stamp ## speed: Caffe vs PyTorch training step, segmentation, simcep -> runs/bench/

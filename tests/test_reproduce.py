@@ -24,8 +24,16 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
     assert (runs / "eval" / "table1.md").read_text().strip().splitlines()[0] in proc.stdout
     html = (runs / "report" / "index.html").read_text()
     assert "data:image/png;base64," in html and "MCC" in html
+    # Every stage's wall time is recorded once and printed with the total.
+    timings = [line.split("\t") for line in (runs / "timings.tsv").read_text().splitlines()]
+    stages = ["data-synthetic", "data-real", "pretrain", "finetune", "evaluate", "report"]
+    assert [name for name, _ in timings] == stages and all(float(sec) > 0 for _, sec in timings)
+    assert f"{sum(float(sec) for _, sec in timings):.1f} s" in proc.stdout
+    assert "timings.tsv" in html and "<td>pretrain</td>" in html
     # A second run finds everything up to date and retrains nothing.
     again = subprocess.run(["make", "--no-print-directory", "reproduce", "QUICK=1", f"RUNS={runs}"], cwd=REPO,
                            capture_output=True, text=True)
     assert again.returncode == 0
     assert "pretrain: up to date" in again.stdout and "finetune: up to date" in again.stdout
+    again_stages = [line.split("\t")[0] for line in (runs / "timings.tsv").read_text().splitlines()]
+    assert sorted(again_stages) == sorted(stages)  # one line per stage: the latest run replaces the earlier

@@ -336,6 +336,11 @@ def configuration_section(doc, runs):
     doc.p("`run.json` of each stage (written by tools/train.py); `seconds` is the wall time of `caffe train`.")
     doc.table(["Key", *STAGES], [[k, *(json.dumps(infos[s].get(k)) if k in infos[s] else "–" for s in STAGES)]
                                  for k in keys])
+    timings = Path(runs) / "timings.tsv"
+    if timings.is_file():  # written by tools/stage_time.sh under make; this report's own time comes after it
+        rows = [line.split("\t") for line in timings.read_text().splitlines() if line]
+        doc.p("Wall time of each stage's latest run (`timings.tsv`, written by `make`).")
+        doc.table(["Stage", "Seconds"], rows)
     for stage in STAGES:
         solver = Path(runs) / stage / "solver.prototxt"
         if solver.is_file():
