@@ -75,7 +75,7 @@ help: ## list the targets
 deps: ## install the Debian build/runtime packages (root; otherwise prints the command)
 	@tools/deps.sh
 
-$(VENV)/.stamp: requirements.txt tools/make_env.sh
+$(VENV)/.stamp: requirements.txt pyproject.toml tools/make_env.sh
 	@tools/make_env.sh "$(PYTHON_BASE)" "$(VENV)"
 
 env: $(VENV)/.stamp ## create .venv with the pinned Python packages; pycaffe importable from it

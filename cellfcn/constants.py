@@ -1,0 +1,27 @@
+"""Names and numbers that more than one stage relies on, defined once."""
+
+# Dataset folders (data_prep writes them, tools reads them).
+MANIFEST = "manifest.json"
+FORMATS = ("hdf5", "lmdb")
+# Training stage -> the dataset it trains on, and the split its test net watches: fine-tuning watches val so
+# that the real test split stays unseen until evaluation.
+STAGES = {"pretrain": "synthetic", "finetune": "real"}
+TEST_SPLIT = {"pretrain": "test", "finetune": "val"}
+
+# Per-image intensity normalisation (percentiles mapped to 0 and 1), for training data and segmented images.
+PCT_LOW = 1.0
+PCT_HIGH = 99.8
+
+# Three 2x2 max-poolings: input sides (and tile origins) must be multiples of this.
+STRIDE = 8
+
+# Caffe's solver random_seed is this plus SEED, so SEED=0 keeps the seed of the reported runs.
+CAFFE_SEED_BASE = 1701
+
+# Pixel-wise scores of Table 1, in its column order, with their display names.
+METRICS = ("specificity", "precision", "recall", "accuracy", "f_score", "mcc")
+LABELS = {"specificity": "specificity", "precision": "precision", "recall": "recall", "accuracy": "accuracy",
+          "f_score": "F-score", "mcc": "MCC", "auc": "AUC"}
+
+# table1.json: bumped whenever its rows change meaning or keys.
+TABLE1_SCHEMA = 2

@@ -1,0 +1,1 @@
+"""The FCRN-A nets, written with caffe.NetSpec (net.py), and the prototxt files it generates."""

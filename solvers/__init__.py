@@ -1,0 +1,1 @@
+"""Caffe SGD solvers from a dataset manifest (solve.py), and the default solver files it generates."""
