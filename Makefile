@@ -15,6 +15,15 @@ SEED ?= 0
 FORMAT ?= hdf5
 BATCH ?= 8
 CONFIG ?= default
+EPOCHS ?=
+
+# Variables are checked before any work starts: one line, not a usage dump, not after the data stage.
+is_count = $(shell printf '%s' '$(1)' | grep -Ex '$(2)')
+$(if $(filter default paper,$(CONFIG)),,$(error CONFIG must be default or paper, not '$(CONFIG)'))
+$(if $(filter hdf5 lmdb,$(FORMAT)),,$(error FORMAT must be hdf5 or lmdb, not '$(FORMAT)'))
+$(if $(call is_count,$(SEED),[0-9]+),,$(error SEED must be a non-negative integer, not '$(SEED)'))
+$(if $(call is_count,$(BATCH),[1-9][0-9]*),,$(error BATCH must be a positive integer, not '$(BATCH)'))
+$(if $(EPOCHS),$(if $(call is_count,$(EPOCHS),[1-9][0-9]*),,$(error EPOCHS must be a positive integer, not '$(EPOCHS)')))
 
 # GPU=1 trains and evaluates with the CUDA build on device 0; GPU=<n> (n > 1) or GPU_ID=<n> on device n.
 # Unset means CPU.
@@ -27,6 +36,12 @@ ifneq ($(strip $(GPU)),)
   endif
   CAFFE_PREFIX := $(ROOT)/.caffe-cuda
   GPU_ARGS := --gpu $(GPU_ID)
+  # Say so before downloading CUDA libraries and compiling for minutes (building alone needs no device).
+  ifneq ($(filter data pretrain finetune evaluate reproduce,$(MAKECMDGOALS)),)
+    ifeq ($(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU $(GPU_ID):'),0)
+      $(error GPU=$(GPU): no CUDA device $(GPU_ID) on this machine (nvidia-smi lists none); leave GPU unset to run on the CPU)
+    endif
+  endif
 else
   CAFFE_PREFIX := $(ROOT)/.caffe
   GPU_ARGS :=
@@ -40,8 +55,13 @@ endif
 ifdef CAFFE
   OWN_CAFFE := 1
   export CAFFE PYCAFFE
+  export PYTHONPATH := $(PYCAFFE)$(if $(PYTHONPATH),:$(PYTHONPATH),)
 else
   OWN_CAFFE :=
+  # The venv finds .caffe's pycaffe by itself (make env); the CUDA build's goes first for GPU=1.
+  ifneq ($(strip $(GPU)),)
+    export PYTHONPATH := $(CAFFE_PREFIX)/lib/python3/dist-packages$(if $(PYTHONPATH),:$(PYTHONPATH),)
+  endif
 endif
 export CAFFE_ROOT
 
@@ -60,7 +80,7 @@ endif
 EPOCH_ARGS_PRETRAIN := $(if $(EPOCHS_PRETRAIN),--epochs $(EPOCHS_PRETRAIN),)
 EPOCH_ARGS_FINETUNE := $(if $(EPOCHS_FINETUNE),--epochs $(EPOCHS_FINETUNE),)
 
-.PHONY: help deps env caffe caffe-ready test data pretrain finetune evaluate report reproduce bench \
+.PHONY: help deps env caffe test data pretrain finetune evaluate report reproduce bench \
         docker-check prototxt clean distclean
 
 help: ## list the targets
@@ -105,8 +125,8 @@ test: caffe $(if $(filter 1,$(BENCH_PEER)),$(VENV)/.bench-stamp,) ## run the tes
 	@$(PY) -m pytest -q tests $(if $(filter 1,$(BENCH_PEER)),,--ignore=tests/test_bench_net.py) $(TEST_ARGS)
 
 prototxt: env ## regenerate the committed prototxt/ and solvers/ from net.py and solve.py
-	@$(PY) prototxt/net.py --out prototxt
-	@$(PY) solvers/solve.py --write-defaults solvers
+	@$(PY) -m prototxt.net --out prototxt
+	@$(PY) -m solvers.solve --write-defaults solvers
 
 # Each stage's wall time goes to $(RUNS)/timings.tsv; `make reproduce` prints it.
 TIMED = tools/stage_time.sh "$(RUNS)"
@@ -118,19 +138,19 @@ data: caffe ## build the synthetic and real datasets under runs/data/
 	  --preview "$(DATA)/real_preview.png" $(REAL_ARGS)
 
 pretrain: data ## train FCRN-A on the synthetic patches with `caffe train` (resumes if interrupted)
-	@$(TIMED) pretrain $(PY) tools/train.py --stage pretrain --data "$(DATA)/synthetic" --out "$(RUNS)/pretrain" \
-	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) $(EPOCH_ARGS_PRETRAIN) $(GPU_ARGS)
+	@$(TIMED) pretrain $(PY) -m tools.train --stage pretrain --data "$(DATA)/synthetic" --out "$(RUNS)/pretrain" \
+	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) --seed $(SEED) $(EPOCH_ARGS_PRETRAIN) $(GPU_ARGS)
 
 finetune: pretrain ## fine-tune the pretrained model on the real patches (`caffe train --weights`)
-	@$(TIMED) finetune $(PY) tools/train.py --stage finetune --data "$(DATA)/real" --out "$(RUNS)/finetune" \
+	@$(TIMED) finetune $(PY) -m tools.train --stage finetune --data "$(DATA)/real" --out "$(RUNS)/finetune" \
 	  --weights "$(RUNS)/pretrain/final.caffemodel" \
-	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) $(EPOCH_ARGS_FINETUNE) $(GPU_ARGS)
+	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) --seed $(SEED) $(EPOCH_ARGS_FINETUNE) $(GPU_ARGS)
 
 evaluate: finetune ## Table 1 before/after fine-tuning, Otsu baseline, ROC, figures -> runs/eval/
-	@$(TIMED) evaluate $(PY) tools/table1.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
+	@$(TIMED) evaluate $(PY) -m tools.table1 --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
 
 report: evaluate ## one HTML + Markdown report under runs/report/
-	@$(TIMED) report $(PY) tools/report.py --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/report" $(GPU_ARGS)
+	@$(TIMED) report $(PY) -m tools.report --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/report"
 
 reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, report; prints Table 1
 	@cat "$(RUNS)/eval/table1.md"
@@ -140,7 +160,7 @@ reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, re
 	@echo "Report: $(RUNS)/report/index.html"
 
 bench: caffe $(VENV)/.bench-stamp ## speed: Caffe vs PyTorch training step, segmentation, simcep -> runs/bench/
-	@$(PY) bench/run_all.py --out "$(RUNS)/bench" $(if $(filter 1,$(QUICK)),--quick,)
+	@$(PY) -m bench.run_all --out "$(RUNS)/bench" $(if $(filter 1,$(QUICK)),--quick,)
 
 docker-check: ## build the CPU Dockerfile with buildah and run the tests inside it
 	@tools/docker_check.sh

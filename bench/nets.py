@@ -1,18 +1,8 @@
 """The Caffe nets the benchmarks run, built from ``prototxt/net.py`` so they are the project's FCRN-A."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "prototxt" / "deploy.prototxt"
-
-
-def _net_module():
-    spec = importlib.util.spec_from_file_location("cellfcn_prototxt_net", REPO / "prototxt" / "net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from cellfcn import caffe_env
+from prototxt import net
 
 
 def train_prototxt(batch, size):
@@ -21,14 +11,12 @@ def train_prototxt(batch, size):
     The same body and SoftmaxWithLoss as the project's train nets, minus the data layers, so that pycaffe
     and ``caffe time`` measure the network and not HDF5/LMDB reading.
     """
-    from tools import caffe_env
-
     caffe = caffe_env.import_caffe()
     L = caffe.layers
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[batch, 1, size, size]))
     n.label = L.Input(shape=dict(dim=[batch, 1, size, size]))
-    n.loss = L.SoftmaxWithLoss(_net_module().fcrn_a(n, n.data), n.label)
+    n.loss = L.SoftmaxWithLoss(net.fcrn_a(n, n.data), n.label)
     proto = n.to_proto()
     proto.name = f"fcrn_a_bench_b{batch}_{size}"
     return str(proto)

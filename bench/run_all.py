@@ -14,11 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable like under the venv's .pth
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import harness, segment, train_step  # noqa: E402
-from bench.train_step import write_json  # noqa: E402
+from bench import harness, segment, train_step
+from cellfcn import files
 
 BENCH = Path(__file__).resolve().parent
 
@@ -34,12 +31,12 @@ def ensure_torch():
 
 
 def run_simcep(args):
-    """bench/simcep.py's result dict (it owns its own CLI and JSON)."""
+    """bench.simcep's result dict (it owns its own CLI and JSON; run alone, in its own process)."""
     with tempfile.TemporaryDirectory(prefix="bench-simcep-") as tmp:
         out = Path(tmp) / "simcep.json"
-        proc = subprocess.run([sys.executable, str(BENCH / "simcep.py"), "--json", str(out), *args])
+        proc = subprocess.run([sys.executable, "-m", "bench.simcep", "--json", str(out), *args])
         if proc.returncode != 0:
-            raise RuntimeError(f"bench/simcep.py failed ({proc.returncode})")
+            raise RuntimeError(f"bench.simcep failed ({proc.returncode})")
         return json.loads(out.read_text())
 
 
@@ -63,7 +60,7 @@ def markdown(results):
                      f"{p['gflops']} ({p['pct_peak']}%) | |")
     s = results.get("segment")
     if s:
-        tiling = "whole" if s["tile"] == 0 else f"tiles of {s['tile']}+{s['halo']} px"
+        tiling = "whole" if s["tile"] == 0 else f"{s['windows']} windows of {s['tile']} px (tools.infer)"
         lines.append(f"| Caffe segmentation of one {s['size']}x{s['size']} image, {tiling} (MP/s) | "
                      f"{_fmt(s['caffe']['mp_per_s'], 3)} | {_fmt(s['torch']['mp_per_s'], 3)} | "
                      f"{_fmt(s['ratio_caffe_over_torch'])} |")
@@ -130,11 +127,9 @@ def main(argv=None):
         print("error: every benchmark was skipped", file=sys.stderr)
         return 2
     results["machine"] = dict(results["machine"], threads=threads)
-    write_json(out / "results.json", results)
+    files.write_json(out / "results.json", results)
     md = out / "results.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(markdown(results))
-    os.replace(tmp, md)
+    files.write_text(md, markdown(results))
     print(f"\nwrote {out / 'results.json'} and {md}")
     return 0
 

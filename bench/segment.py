@@ -1,11 +1,11 @@
 """Whole-image segmentation speed: the deploy FCRN-A on one 2048x2048 image, Caffe against PyTorch, MP/s.
 
-Both frameworks cut the image into the same tiles (``--tile`` pixels plus a ``--halo`` of context on each
-side, cropped off again; the halo exceeds the net's receptive-field radius of 33 pixels, and tile origins are
-multiples of 8 so the pooling grid matches the whole image's). Caffe's im2col buffers make one pass over a
-whole 2048x2048 image need over 20 GB (conv7 alone: 576 x 2048^2 floats), so tiling is how Caffe segments
-large images; ``--tile 0`` runs the image whole anyway. Caffe and PyTorch share the same (random or given)
-weights, and the run reports the largest difference between their probability maps.
+Both frameworks run the product's own tiling, :func:`tools.infer.segment_image` (windows of ``--tile`` pixels
+whose cores tile the image, ``--margin`` of context each side), so the benchmark times the code path that
+``make evaluate`` and ``tools.segment`` use. Caffe's im2col buffers make one pass over a whole 2048x2048 image
+need over 20 GB (conv7 alone: 576 x 2048^2 floats), so tiling is how Caffe segments large images;
+``--tile 0`` runs the image whole anyway. Caffe and PyTorch share the same (random or given) weights, and the
+run reports the largest difference between their probability maps.
 """
 import argparse
 import os
@@ -15,39 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable like under the venv's .pth
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import flops, harness, machine
+from bench.train_step import build_info
+from cellfcn import caffe_env, files
+from tools import infer
 
-from bench import flops, harness, machine, nets  # noqa: E402
-from bench.train_step import build_info, write_json  # noqa: E402
 
-
-def tiles(height, width, tile, halo):
-    """Split an image into tiles with context.
-
-    Parameters
-    ----------
-    height, width : int
-        Image size, multiples of 8.
-    tile : int
-        Tile side (a multiple of 8), or 0 for the whole image as one tile.
-    halo : int
-        Context added on each side where the image allows it (a multiple of 8).
-
-    Returns
-    -------
-    list of tuple
-        ((y0, y1, x0, x1) input window, (y0, y1, x0, x1) output region in image coordinates).
-    """
-    if tile == 0:
-        return [((0, height, 0, width), (0, height, 0, width))]
-    out = []
-    for ty in range(0, height, tile):
-        for tx in range(0, width, tile):
-            oy1, ox1 = min(ty + tile, height), min(tx + tile, width)
-            window = (max(ty - halo, 0), min(oy1 + halo, height), max(tx - halo, 0), min(ox1 + halo, width))
-            out.append((window, (ty, oy1, tx, ox1)))
-    return out
+def window_shapes(size, tile, margin):
+    """(height, width) of every window the product's tiling runs on a ``size`` x ``size`` image."""
+    plan = infer.tile_plan(infer.pad_to_multiple(np.zeros((size, size), np.float32)).shape, tile, margin)
+    return [(w[0].stop - w[0].start, w[1].stop - w[1].start) for w, _, _ in plan]
 
 
 def test_image(size, seed):
@@ -59,25 +36,23 @@ def test_image(size, seed):
 
 
 class _Segmenter:
-    """Runs one framework's ``_forward(window) -> prob of class 1`` over the tiles of the image."""
+    """Runs :func:`tools.infer.segment_image` with one framework's ``_forward(net, window)``."""
 
-    def __init__(self, size, tile, halo, seed, warmup):
+    def __init__(self, size, tile, margin, seed, warmup):
         self.image = test_image(size, seed)
-        self.tiles = tiles(size, size, tile, halo)
+        # --tile 0: one window over the whole (padded) image.
+        self.tile = tile or max(-(-size // 8) * 8, 2 * margin + 8)
+        self.margin = margin
         self.warmup = warmup
 
     def _warm(self):
-        (y0, y1, x0, x1), _ = self.tiles[0]
+        y, x = window_shapes(len(self.image), self.tile, self.margin)[0]
         for _ in range(self.warmup):
-            self._forward(self.image[y0:y1, x0:x1])
+            self._forward(self.net, self.image[:y, :x])
 
     def segment(self):
         """Probability of class 1 (cell) for the whole image."""
-        out = np.empty_like(self.image)
-        for (y0, y1, x0, x1), (oy0, oy1, ox0, ox1) in self.tiles:
-            prob = self._forward(self.image[y0:y1, x0:x1])
-            out[oy0:oy1, ox0:ox1] = prob[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
-        return out
+        return infer.segment_image(self.net, self.image, self.tile, self.margin, forward=self._forward)
 
     def run(self, steps):
         return harness.timed(self.segment, steps)
@@ -87,64 +62,59 @@ class _Segmenter:
 
 
 class CaffeSegment(_Segmenter):
-    """pycaffe deploy net, reshaped to each tile."""
+    """pycaffe deploy net, loaded and run by tools.infer."""
 
-    def __init__(self, size, tile, halo, seed, warmup, weights=None):
-        from tools import caffe_env
+    _forward = staticmethod(infer.forward_image)
 
+    def __init__(self, size, tile, margin, seed, warmup, weights=None):
         from bench import fcrn_torch
 
-        super().__init__(size, tile, halo, seed, warmup)
+        super().__init__(size, tile, margin, seed, warmup)
         caffe = caffe_env.import_caffe()
         caffe.set_random_seed(seed)
-        self.net = caffe.Net(str(nets.DEPLOY), caffe.TEST, **({"weights": weights} if weights else {}))
+        self.net = infer.load_model(weights) if weights else caffe.Net(str(infer.DEPLOY), caffe.TEST)
         self.params = fcrn_torch.caffe_params(self.net)
         self._warm()
 
     def get_params(self):
         return self.params
 
-    def _forward(self, window):
-        blob = self.net.blobs["data"]
-        blob.reshape(1, 1, *window.shape)
-        self.net.reshape()
-        blob.data[0, 0] = window
-        return self.net.forward()["prob"][0, 1].copy()
-
 
 class TorchSegment(_Segmenter):
     """PyTorch FCRN-A with Caffe's weights, softmax over the two classes, inference mode."""
 
-    def __init__(self, size, tile, halo, seed, warmup, threads, params):
+    def __init__(self, size, tile, margin, seed, warmup, threads, params):
         import torch
 
         from bench import fcrn_torch
 
-        super().__init__(size, tile, halo, seed, warmup)
+        super().__init__(size, tile, margin, seed, warmup)
         torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = fcrn_torch.load_params(fcrn_torch.FCRNA(), params).eval()
+        self.net = fcrn_torch.load_params(fcrn_torch.FCRNA(), params).eval()
         self._warm()
 
-    def _forward(self, window):
-        torch = self.torch
+    @staticmethod
+    def _forward(model, window):
+        import torch
+
         with torch.inference_mode():
-            scores = self.model(torch.from_numpy(np.ascontiguousarray(window))[None, None])
+            scores = model(torch.from_numpy(np.ascontiguousarray(window))[None, None])
             return torch.softmax(scores, dim=1)[0, 1].numpy().copy()
 
 
-def run(size=2048, tile=512, halo=40, threads=None, rounds=3, warmup=1, seed=0, weights=None):
+def run(size=2048, tile=infer.TILE, margin=infer.MARGIN, threads=None, rounds=3, warmup=1, seed=0, weights=None):
     """Benchmark whole-image segmentation; return the results dict."""
     threads = threads or len(os.sched_getaffinity(0))
     info = machine.describe(threads)
-    common = dict(size=size, tile=tile, halo=halo, seed=seed, warmup=warmup)
+    common = dict(size=size, tile=tile, margin=margin, seed=seed, warmup=warmup)
     caffe_w = harness.Worker("caffe", "bench.segment:CaffeSegment", dict(common, weights=weights), threads)
     try:
         torch_w = harness.Worker("torch", "bench.segment:TorchSegment", dict(
             common, threads=threads, params=caffe_w.call("get_params")), threads)
         try:
             diff = float(np.abs(caffe_w.call("segment") - torch_w.call("segment")).max())
-            print(f"segmenting {size}x{size} in {len(tiles(size, size, tile, halo))} tile(s), {threads} "
+            shapes = window_shapes(size, tile or max(-(-size // 8) * 8, 2 * margin + 8), margin)
+            print(f"segmenting {size}x{size} in {len(shapes)} window(s), {threads} "
                   f"threads, {rounds} rounds", file=sys.stderr)
             times = harness.alternate([caffe_w, torch_w], rounds, 1)
             build = {w.label: w.call("build_info") for w in (caffe_w, torch_w)}
@@ -152,11 +122,12 @@ def run(size=2048, tile=512, halo=40, threads=None, rounds=3, warmup=1, seed=0, 
             torch_w.close()
     finally:
         caffe_w.close()
-    # FLOPs actually computed: each tile's window, halo included.
-    computed = sum(flops.forward_flops(y1 - y0, x1 - x0) for (y0, y1, x0, x1), _ in tiles(size, size, tile, halo))
+    # FLOPs actually computed: each window, margins included.
+    computed = sum(flops.forward_flops(h, w) for h, w in shapes)
     mp = size * size / 1e6
-    result = dict(benchmark="segment", size=size, tile=tile, halo=halo, threads=threads, rounds=rounds,
-                  gflop_computed=round(computed / 1e9, 1), max_abs_prob_diff=diff, machine=info, build=build)
+    result = dict(benchmark="segment", size=size, tile=tile, margin=margin, windows=len(shapes), threads=threads,
+                  rounds=rounds, gflop_computed=round(computed / 1e9, 1), max_abs_prob_diff=diff, machine=info,
+                  build=build)
     for label, tt in times.items():
         t = tt["wall"]
         median = statistics.median(t)
@@ -171,7 +142,8 @@ def run(size=2048, tile=512, halo=40, threads=None, rounds=3, warmup=1, seed=0, 
 
 def format_report(r):
     """Human-readable summary of :func:`run`'s result."""
-    tiling = "whole image" if r["tile"] == 0 else f"tiles of {r['tile']} + {r['halo']} px halo"
+    tiling = "whole image" if r["tile"] == 0 else \
+        f"{r['windows']} windows of up to {r['tile']} px with {r['margin']} px margins (tools.infer)"
     lines = [f"deploy FCRN-A on one {r['size']}x{r['size']} image ({tiling}), {r['threads']} threads, "
              f"{r['gflop_computed']} GFLOP computed, load average {r['machine']['load_average_1min']}"]
     for label in ("caffe", "torch"):
@@ -184,10 +156,12 @@ def format_report(r):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.segment", description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=2048, help="image side, a multiple of 8 (default 2048)")
-    p.add_argument("--tile", type=int, default=512, help="tile side, a multiple of 8; 0: whole image (default 512)")
-    p.add_argument("--halo", type=int, default=40, help="context on each tile side, a multiple of 8 (default 40)")
+    p.add_argument("--tile", type=int, default=infer.TILE,
+                   help="window side, a multiple of 8; 0: whole image (default %(default)s, as tools.infer)")
+    p.add_argument("--margin", type=int, default=infer.MARGIN,
+                   help="context on each window side, a multiple of 8 (default %(default)s, as tools.infer)")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: all usable CPUs)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed forward passes over one tile (default 1)")
@@ -196,8 +170,10 @@ def main(argv=None):
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     error = None
-    if a.size <= 0 or a.size % 8 or a.tile < 0 or a.tile % 8 or a.halo < 0 or a.halo % 8:
-        error = "--size must be a positive multiple of 8; --tile and --halo non-negative multiples of 8"
+    if a.size <= 0 or a.size % 8 or a.tile < 0 or a.tile % 8 or a.margin < 0 or a.margin % 8 or \
+            (a.tile and a.tile <= 2 * a.margin):
+        error = "--size must be a positive multiple of 8; --tile and --margin non-negative multiples of 8, " \
+                "--tile > 2 * --margin"
     elif a.rounds < 1 or a.warmup < 0 or (a.threads is not None and a.threads < 1):
         error = "--rounds and --threads must be >= 1, --warmup >= 0"
     elif a.weights and not Path(a.weights).is_file():
@@ -206,13 +182,13 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        result = run(a.size, a.tile, a.halo, a.threads, a.rounds, a.warmup, a.seed, a.weights)
+        result = run(a.size, a.tile, a.margin, a.threads, a.rounds, a.warmup, a.seed, a.weights)
     except (harness.WorkerError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_report(result))
     if a.json:
-        write_json(a.json, result)
+        files.write_json(a.json, result)
     return 0
 
 

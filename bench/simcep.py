@@ -7,34 +7,32 @@ machine and its load, so the wall-clock rate is reported next to the CPU-time ra
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-from bench.machine import describe  # noqa: E402
-from simcep_py import SimcepParams, simulate  # noqa: E402
-from simcep_py.dataset import image_seed, simplex_choice  # noqa: E402
+from bench.machine import describe
+from cellfcn import files
+from simcep_py import SimcepParams, simulate
+from simcep_py.dataset import plan_images
 
 
-def run_once(shape, n_cells, n_images, seed, simplex, params):
-    """Simulate ``n_images`` images; return (wall seconds, CPU seconds)."""
+def run_once(shape, plan, params):
+    """Simulate the planned images; return (wall seconds, CPU seconds)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(n_images):
-        simulate(shape, n_cells, image_seed(seed, i), params, bool(simplex[i]))
+    for item in plan:
+        simulate(shape, item["n_cells"], item["seed"], params, item["simplex_background"])
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def measure(shape=(512, 512), n_cells=50, n_images=20, repeats=3, seed=0, simplex_fraction=0.5, target="nuclei"):
     """Median images/s over ``repeats`` runs of ``n_images`` images, after one warm-up image."""
     params = SimcepParams(target=target)
-    simplex = simplex_choice(n_images, simplex_fraction, seed)
-    run_once(shape, n_cells, 1, seed, simplex, params)
-    runs = [run_once(shape, n_cells, n_images, seed, simplex, params) for _ in range(repeats)]
+    plan = plan_images(n_images, np.random.default_rng(seed), n_cells, simplex_fraction, test_fraction=0)
+    run_once(shape, plan[:1], params)
+    runs = [run_once(shape, plan, params) for _ in range(repeats)]
     wall = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
     return {"benchmark": "simcep", "metric": "images_per_s", "value": round(n_images / wall, 3),
@@ -45,7 +43,7 @@ def measure(shape=(512, 512), n_cells=50, n_images=20, repeats=3, seed=0, simple
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.simcep", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     parser.add_argument("--n-cells", type=int, default=50, help="cells per image (default 50)")
     parser.add_argument("--n-images", type=int, default=20, help="images per timed run (default 20)")
@@ -68,12 +66,7 @@ def main(argv=None):
           f"{result['machine']['cpu']}, {result['machine']['logical_cpus']} CPUs, "
           f"load {result['machine']['load_average_1min']})")
     if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".json", dir=folder)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(result, handle, indent=1)
-        os.replace(tmp, args.json)
+        files.write_json(args.json, result)
     return 0
 
 

@@ -7,7 +7,6 @@ The per-layer breakdown comes from ``caffe time`` (Caffe) and from timing each P
 activations of a real forward pass.
 """
 import argparse
-import json
 import os
 import re
 import statistics
@@ -16,18 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable like under the venv's .pth
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import flops, harness, machine, nets  # noqa: E402
+from bench import flops, harness, machine, nets
+from cellfcn import caffe_env, files
 
 
 class CaffeTrain:
     """pycaffe SGDSolver over the Input-fed FCRN-A train net (built in a worker process)."""
 
     def __init__(self, batch, size, seed, workdir, warmup):
-        from tools import caffe_env
-
         caffe = caffe_env.import_caffe()
         caffe.set_random_seed(seed)
         net_path = Path(workdir) / "caffe_train.prototxt"
@@ -136,8 +131,6 @@ def parse_caffe_time(log):
 
 def caffe_time(model, iterations):
     """Run ``caffe time`` on ``model`` in this process's environment; return :func:`parse_caffe_time`."""
-    from tools import caffe_env
-
     env = {**os.environ, "GLOG_logtostderr": "1", "GLOG_minloglevel": "0"}
     proc = subprocess.run([str(caffe_env.caffe_binary()), "time", "-model", str(model),
                            "-iterations", str(iterations)], capture_output=True, text=True, env=env)
@@ -244,8 +237,6 @@ def build_info():
                        line.split()[-1]) and ".libs/" not in line and "scipy/" not in line})
     info = dict(libraries=libs)
     if "caffe" in sys.modules:
-        from tools import caffe_env
-
         info["binary"] = str(caffe_env.caffe_binary())
         info.update({k: v for k, v in os.environ.items() if k in ("CAFFE_ROOT", "LD_LIBRARY_PATH")})
     if "torch" in sys.modules:
@@ -283,14 +274,6 @@ def format_report(r):
     for label, t in r.get("caffe_time", {}).items():
         lines.append(f"  caffe time ({label}): forward-backward {t['forward_backward_ms']:.1f} ms")
     return "\n".join(lines)
-
-
-def write_json(path, obj):
-    """Write ``obj`` as JSON atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -338,7 +321,7 @@ def main(argv=None):
         return 1
     print(format_report(result))
     if a.json:
-        write_json(a.json, result)
+        files.write_json(a.json, result)
     return 0
 
 

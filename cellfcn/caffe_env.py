@@ -134,7 +134,7 @@ def _quiet_import():
     before = os.environ.get("GLOG_minloglevel")
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
-        import caffe  # noqa: F401
+        import caffe  # noqa: F401  (loads libcaffe while glog is quiet)
     finally:
         if before is None:
             del os.environ["GLOG_minloglevel"]

@@ -1,6 +1,8 @@
 """Command line: simulate a folder of SIMCEP images with masks.
 
-Example: ``python -m simcep_py --n-images 20 --size 512 --out runs/synthetic --seed 0 --preview p.png``
+Example: ``python -m simcep_py --n-images 40 --out runs/synthetic --seed 0 --preview p.png``. The defaults are
+those of ``make data``, whose synthetic source images are exactly these 40 for the same ``--seed``
+(both plan the run with :func:`simcep_py.dataset.plan_images`).
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from cellfcn import cli
 
 from .dataset import write_dataset
 from .params import SimcepParams
@@ -23,6 +27,18 @@ def _size(text):
     if len(values) not in (1, 2):
         raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
     return (values[0], values[-1])
+
+
+def _cells(text):
+    """``N`` or ``LO:HI`` -> (lo, hi) non-negative integers."""
+    try:
+        lo, _, hi = text.partition(":")
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO:HI, got {text!r}") from None
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def _assignment(text):
@@ -46,9 +62,12 @@ def build_parser():
     parser.add_argument("--size", type=_size, default=(512, 512), help="image size N or HxW (default 512)")
     parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    parser.add_argument("--n-cells", type=int, default=50, help="cells per image (default 50)")
+    parser.add_argument("--n-cells", type=_cells, default=(60, 100), metavar="N|LO:HI",
+                        help="cells per image, or a range drawn from uniformly per image (default 60:100)")
     parser.add_argument("--simplex-fraction", type=float, default=0.5,
-                        help="fraction of images with the simplex-noise background (default 0.5)")
+                        help="fraction of each split's images with the simplex-noise background (default 0.5)")
+    parser.add_argument("--test-fraction", type=float, default=0.25,
+                        help="fraction of images (the last ones) marked as the test split (default 0.25)")
     parser.add_argument("--target", choices=("nuclei", "cells"), default=None,
                         help="channel and mask to write (default: nuclei)")
     parser.add_argument("--params", metavar="JSON",
@@ -80,22 +99,20 @@ def _params(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         params = _params(args)
-        manifest = write_dataset(args.out, args.n_images, args.size, args.n_cells, args.seed, params,
-                                 simplex_fraction=args.simplex_fraction, preview=args.preview,
-                                 overwrite=args.overwrite, progress=not args.quiet)
-    except (ValueError, TypeError) as error:
+        n_cells = args.n_cells[0] if args.n_cells[0] == args.n_cells[1] else args.n_cells
+        manifest = write_dataset(args.out, args.n_images, args.size, n_cells, args.seed, params,
+                                 simplex_fraction=args.simplex_fraction, test_fraction=args.test_fraction,
+                                 preview=args.preview, overwrite=args.overwrite, progress=not args.quiet)
+    except (ValueError, TypeError) as error:  # a bad parameter value: a usage error
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     print(f"wrote {manifest['n_images']} images to {args.out} "
           f"(cell-pixel fraction {manifest['cell_fraction']:.3f})")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
+from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
 from tqdm import tqdm
+
+from cellfcn import files
+from cellfcn.errors import CellfcnError
 
 from .params import SimcepParams
 from .preview import preview_grid, save_png
@@ -20,39 +20,72 @@ MANIFEST = "simcep.json"
 PREVIEW_IMAGES = 6
 
 
-def image_seed(seed, index):
-    """Seed of image ``index`` of a run seeded with ``seed`` (independent streams per image)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+def plan_images(n_images, rng, n_cells=(60, 100), simplex_fraction=0.5, test_fraction=0.25):
+    """Decide every image of a run: its seed, cell count, split and background -- the one seeding scheme.
+
+    ``python -m simcep_py`` and ``python -m data_prep synthetic`` (``make data``) both call this with a
+    generator seeded by the run's seed, so the same seed and parameters draw the same images.
+
+    Parameters
+    ----------
+    n_images : int
+        Images, at least 1 (2 when some go to the test split).
+    rng : numpy.random.Generator
+        Drawn from in a fixed order: all image seeds, then all cell counts.
+    n_cells : int or (int, int)
+        Cells per image, or the inclusive range a count is drawn from uniformly.
+    simplex_fraction : float in [0, 1]
+        Within each split, the first ``round(simplex_fraction * count)`` images get the simplex background.
+    test_fraction : float in [0, 1]
+        The last ``round(test_fraction * n_images)`` images (at least 1 and at most ``n_images - 1`` when
+        the fraction is positive) form the test split.
+
+    Returns
+    -------
+    list of dict
+        ``seed``, ``n_cells``, ``split`` ("train"/"test"), ``simplex_background`` per image, in order.
+    """
+    lo, hi = (n_cells, n_cells) if isinstance(n_cells, int) else n_cells
+    if not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be an integer >= 1, got {n_images!r}")
+    if not 0 <= lo <= hi:
+        raise ValueError(f"n_cells must be >= 0 (a range LO <= HI), got {n_cells!r}")
+    if not (0 <= test_fraction <= 1 and 0 <= simplex_fraction <= 1):
+        raise ValueError("test_fraction and simplex_fraction must be in [0, 1]")
+    if test_fraction > 0 and n_images < 2:
+        raise ValueError(f"a test split needs at least 2 images (train and test), got {n_images}")
+    n_test = min(max(1, int(round(test_fraction * n_images))), n_images - 1) if test_fraction > 0 else 0
+    seeds = rng.integers(0, 2**31 - 1, size=n_images)
+    counts = rng.integers(lo, hi + 1, size=n_images)
+    plan = []
+    for split, indices in (("train", range(n_images - n_test)), ("test", range(n_images - n_test, n_images))):
+        n_simplex = int(round(simplex_fraction * len(indices)))
+        for j, i in enumerate(indices):
+            plan.append({"seed": int(seeds[i]), "n_cells": int(counts[i]), "split": split,
+                         "simplex_background": j < n_simplex})
+    return plan
 
 
-def simplex_choice(n_images, fraction, seed):
-    """Boolean per image: exactly ``round(fraction * n_images)`` images, chosen by ``seed``, get the
-    simplex background."""
-    chosen = np.zeros(n_images, dtype=bool)
-    count = int(round(fraction * n_images))
-    chosen[np.random.default_rng([int(seed), n_images]).permutation(n_images)[:count]] = True
-    return chosen
-
-
-def write_dataset(out, n_images, shape, n_cells, seed, params=None, simplex_fraction=0.5, preview=None,
-                  overwrite=False, progress=True):
-    """Simulate ``n_images`` images and write them to the folder ``out``.
+def write_dataset(out, n_images, shape, n_cells, seed, params=None, simplex_fraction=0.5, test_fraction=0.25,
+                  preview=None, overwrite=False, progress=True):
+    """Simulate ``n_images`` images (planned by :func:`plan_images`) and write them to the folder ``out``.
 
     Layout: ``images/NNNNNN.tif`` (uint16, image x 65535), ``masks/NNNNNN.png`` (uint8, 255 = target
     object, 0 = background) and ``simcep.json`` (every parameter, the run seed, and per image its seed,
-    simplex flag, placed cell count and cell-pixel fraction). Everything is written to a temporary
-    folder next to ``out`` that is renamed to ``out`` only when complete.
+    split, simplex flag, placed cell count and cell-pixel fraction). Everything is written to a temporary
+    folder next to ``out`` that replaces ``out`` only when complete.
 
     Parameters
     ----------
     out : path
     n_images : int
     shape : (int, int)
-    n_cells : int
+    n_cells : int or (int, int)
+        Cells per image, or an inclusive range drawn from per image.
     seed : int
     params : SimcepParams, optional
-    simplex_fraction : float
-        Fraction of images with the simplex-noise background (exactly ``round(fraction * n)``).
+    simplex_fraction, test_fraction : float
+        See :func:`plan_images`.
     preview : path, optional
         PNG grid of the first images with target outlines.
     overwrite : bool
@@ -66,55 +99,35 @@ def write_dataset(out, n_images, shape, n_cells, seed, params=None, simplex_frac
         The content of ``simcep.json``.
     """
     params = SimcepParams() if params is None else params
-    if not isinstance(n_images, int) or isinstance(n_images, bool) or n_images < 1:
-        raise ValueError(f"n_images must be an integer >= 1, got {n_images!r}")
-    if not 0.0 <= simplex_fraction <= 1.0:
-        raise ValueError(f"simplex_fraction must be in [0, 1], got {simplex_fraction!r}")
-    check_inputs(shape, n_cells, seed)
-    out = os.path.abspath(os.fspath(out))
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"output folder {out} exists (use --overwrite to replace it)")
-    if preview is not None and not os.path.isdir(os.path.dirname(os.path.abspath(preview))):
-        raise FileNotFoundError(f"preview folder {os.path.dirname(os.path.abspath(preview))} does not exist")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-
-    simplex = simplex_choice(n_images, simplex_fraction, seed)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    try:
-        os.mkdir(os.path.join(tmp, "images"))
-        os.mkdir(os.path.join(tmp, "masks"))
+    check_inputs(shape, n_cells if isinstance(n_cells, int) else n_cells[0], seed)
+    plan = plan_images(n_images, np.random.default_rng(seed), n_cells, simplex_fraction, test_fraction)
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise CellfcnError(f"output folder {out} exists (use --overwrite to replace it)")
+    if preview is not None:
+        files.check_writable(preview, "preview")
+    with files.staged_folder(out) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
         records, shown = [], []
-        for i in tqdm(range(n_images), desc="simcep", unit="img", disable=not progress):
-            sim = simulate(shape, n_cells, image_seed(seed, i), params, bool(simplex[i]))
+        for i, item in enumerate(tqdm(plan, desc="simcep", unit="img", disable=not progress)):
+            sim = simulate(shape, item["n_cells"], item["seed"], params, item["simplex_background"])
             name = f"{i:06d}"
-            tifffile.imwrite(os.path.join(tmp, "images", name + ".tif"),
-                             np.round(sim.image * 65535).astype(np.uint16))
-            Image.fromarray(sim.mask.astype(np.uint8) * 255).save(os.path.join(tmp, "masks", name + ".png"))
+            tifffile.imwrite(tmp / "images" / f"{name}.tif", np.round(sim.image * 65535).astype(np.uint16))
+            Image.fromarray(sim.mask.astype(np.uint8) * 255).save(tmp / "masks" / f"{name}.png")
             records.append({"image": f"images/{name}.tif", "mask": f"masks/{name}.png", "seed": sim.seed,
-                            "simplex_background": sim.simplex_background, "n_cells_placed": len(sim.features),
-                            "cell_fraction": sim.cell_fraction})
+                            "split": item["split"], "simplex_background": sim.simplex_background,
+                            "n_cells_placed": len(sim.features), "cell_fraction": sim.cell_fraction})
             if len(shown) < PREVIEW_IMAGES:
                 shown.append((sim.image, sim.nuclei_labels if params.target == "nuclei" else sim.cell_labels))
         manifest = {"generator": "simcep_py", "seed": int(seed), "n_images": n_images, "shape": list(shape),
-                    "n_cells": n_cells, "simplex_fraction": simplex_fraction, "params": params.to_dict(),
-                    "image_format": "uint16 TIFF, intensity = value / 65535",
+                    "n_cells": n_cells if isinstance(n_cells, int) else list(n_cells),
+                    "simplex_fraction": simplex_fraction, "test_fraction": test_fraction,
+                    "params": params.to_dict(), "image_format": "uint16 TIFF, intensity = value / 65535",
                     "mask_format": f"uint8 PNG, 255 = {params.target}, 0 = background",
                     "cell_fraction": float(np.mean([r["cell_fraction"] for r in records])),
                     "images": records}
-        with open(os.path.join(tmp, MANIFEST), "w") as handle:
-            json.dump(manifest, handle, indent=1)
+        files.write_json(tmp / MANIFEST, manifest)
         if preview is not None:
-            save_png(preview, preview_grid([s[0] for s in shown], [s[1] for s in shown],
-                                           columns=min(3, len(shown))))
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-            os.rename(out, os.path.join(old, "old"))
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            save_png(preview, preview_grid([s[0] for s in shown], [s[1] for s in shown], columns=min(3, len(shown))))
     return manifest

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
+
+from cellfcn import files
 
 OUTLINE_RGB = (255, 64, 64)
 
@@ -61,14 +61,6 @@ def preview_grid(images, labels=None, columns=None, gap=4):
 
 
 def save_png(path, rgb):
-    """Write an RGB uint8 array to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".preview-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(rgb).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write an RGB uint8 array to ``path`` atomically."""
+    with files.atomic_file(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")

@@ -1,18 +1,14 @@
 """Shared fixtures: the real Caffe build and tiny datasets that Caffe's data layers read."""
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-for sub in ("prototxt", "solvers"):
-    if str(REPO / sub) not in sys.path:
-        sys.path.insert(0, str(REPO / sub))
+from cellfcn import caffe_env
 
-from tools import caffe_env  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +44,14 @@ def toy_arrays(n=16, size=16, seed=0):
 
 
 def write_h5(folder, name, data, label):
-    """Write an HDF5Data dataset and its list file; return the list file."""
+    """Write an HDF5Data dataset and its list file (the dataset contract: the .h5 named relative to the
+    folder, so Caffe runs there); return the list file."""
     folder = Path(folder)
     with h5py.File(folder / f"{name}.h5", "w") as f:
         f.create_dataset("data", data=data)
         f.create_dataset("label", data=label)
     listfile = folder / f"{name}.txt"
-    listfile.write_text(f"{(folder / f'{name}.h5').resolve()}\n")
+    listfile.write_text(f"{name}.h5\n")
     return listfile
 
 

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from torch.nn import functional as F
 
 from bench import fcrn_torch, flops, nets, segment, train_step
+from tools import infer
 
 torch.set_num_threads(1)
 
@@ -106,16 +106,11 @@ def test_analytic_flops_match_a_count_over_the_torch_layers():
         flops.layer_flops(100, 128)
 
 
-def test_tiles_cover_the_image_once_on_the_pooling_grid():
-    for size, tile, halo in ((2048, 512, 40), (96, 40, 16), (64, 0, 40)):
-        cover = np.zeros((size, size), int)
-        for (y0, y1, x0, x1), (oy0, oy1, ox0, ox1) in segment.tiles(size, size, tile, halo):
-            assert y0 % 8 == 0 and x0 % 8 == 0 and (y1 - y0) % 8 == 0 and (x1 - x0) % 8 == 0
-            assert y0 <= oy0 < oy1 <= y1 and x0 <= ox0 < ox1 <= x1
-            if tile:
-                assert oy0 - y0 in (0, halo) and ox0 - x0 in (0, halo)
-            cover[oy0:oy1, ox0:ox1] += 1
-        assert (cover == 1).all()
+def test_benchmark_times_the_products_tiling():
+    # tools.infer's defaults: 2048 px in windows of 512 with 40 px margins -> 5 x 5 windows.
+    shapes = segment.window_shapes(2048, infer.TILE, infer.MARGIN)
+    assert len(shapes) == 25 and max(shapes) == (512, 512)
+    assert segment.window_shapes(64, 72, 16) == [(64, 64)]
 
 
 def test_caffe_time_log_is_parsed(tmp_path):
@@ -130,7 +125,7 @@ def test_caffe_time_log_is_parsed(tmp_path):
 
 def test_train_step_cli_runs_both_frameworks(tmp_path):
     out = tmp_path / "train.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench/train_step.py"), "--batch", "1", "--size", "32",
+    proc = subprocess.run([sys.executable, "-m", "bench.train_step", "--batch", "1", "--size", "32",
                            "--rounds", "2", "--steps", "1", "--warmup", "0", "--layer-iters", "1", "--threads", "1",
                            "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -145,8 +140,8 @@ def test_train_step_cli_runs_both_frameworks(tmp_path):
 
 def test_segment_cli_agrees_between_frameworks(tmp_path):
     out = tmp_path / "seg.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench/segment.py"), "--size", "96", "--tile", "48",
-                           "--halo", "16", "--rounds", "1", "--threads", "1", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench.segment", "--size", "96", "--tile", "48",
+                           "--margin", "16", "--rounds", "1", "--threads", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -156,6 +151,6 @@ def test_segment_cli_agrees_between_frameworks(tmp_path):
 
 @pytest.mark.parametrize("args", [["--size", "100"], ["--frameworks", "tensorflow"], ["--variant", "novalue"]])
 def test_train_step_rejects_bad_arguments(args):
-    proc = subprocess.run([sys.executable, str(REPO / "bench/train_step.py"), *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.train_step", *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1

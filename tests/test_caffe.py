@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_caffe, toy_arrays, write_h5
 
-from tools import caffe_env
+from cellfcn import caffe_env
 
 
 def test_caffe_binary_reports_version(caffe_bin):
@@ -17,14 +17,31 @@ def test_caffe_binary_reports_version(caffe_bin):
     assert "caffe version 1.0.0" in out
 
 
-def test_venv_imports_our_pycaffe_without_env():
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYCAFFE", "CAFFE_ROOT", "CAFFE")}
+def test_venv_imports_the_selected_pycaffe_from_anywhere():
+    # Our build through the venv's .pth; your own (CAFFE_ROOT) through the PYTHONPATH that make exports.
     out = subprocess.run([str(REPO / ".venv/bin/python"), "-c",
-                          "import caffe, numpy; from caffe.proto import caffe_pb2; "
-                          "print(caffe.__file__); print(caffe.io.array_to_datum(numpy.ones((1,2,2),numpy.uint8)).data)"],
-                         capture_output=True, text=True, env=env, cwd="/", check=True).stdout
+                          "import caffe, numpy; from caffe.proto import caffe_pb2; from cellfcn import caffe_env; "
+                          "caffe_env.import_caffe(); print(caffe.__file__); "
+                          "print(caffe.io.array_to_datum(numpy.ones((1,2,2),numpy.uint8)).data)"],
+                         capture_output=True, text=True, cwd="/", check=True).stdout
     assert str(caffe_env.pycaffe_dir()) in out
     assert "\\x01\\x01\\x01\\x01" in out  # numpy-2 patched array_to_datum (tobytes)
+
+
+def test_another_builds_pycaffe_is_an_error_not_a_mix(tmp_path):
+    # A child whose selected build (CAFFE_ROOT) is not the pycaffe Python imports: one line, exit 1.
+    fake = tmp_path / "other" / "python" / "caffe"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("CAFFE", "PYCAFFE")}
+    env["CAFFE_ROOT"] = str(tmp_path / "other")
+    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "cellfcn.caffe_env", "--what", "pycaffe"],
+                          capture_output=True, text=True, env=env, check=True)
+    assert proc.stdout.strip() == str(tmp_path / "other" / "python")
+    code = "import sys; from cellfcn import caffe_env, cli; sys.exit(cli.run(lambda _: caffe_env.import_caffe()))"
+    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: pycaffe was imported from") and len(proc.stderr.splitlines()) == 1
 
 
 def test_protobuf_limit_patch_reads_large_model(caffe, tmp_path):
@@ -71,7 +88,8 @@ def _solver(caffe, folder, net_path, max_iter, base_lr=0.5, snapshot=0):
 
 
 @pytest.fixture
-def toy(caffe, tmp_path):
+def toy(caffe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # pycaffe, like `caffe train`, reads the list file's .h5 from the dataset folder
     data, label = toy_arrays()
     listfile = write_h5(tmp_path, "train", data, label)
     return tmp_path, _toy_net(caffe, tmp_path, listfile, batch=8)
@@ -121,7 +139,7 @@ def test_snapshot_resume_continues_from_its_iteration(caffe, toy):
     folder, net_path = toy
     straight = folder / "straight"
     straight.mkdir()
-    run_caffe(["train", f"-solver={_solver(caffe, straight, net_path, 20)}"], straight)
+    run_caffe(["train", f"-solver={_solver(caffe, straight, net_path, 20)}"], folder)
     log = run_caffe(["train", f"-solver={_solver(caffe, folder, net_path, 20, snapshot=10)}"], folder)
     (folder / "snap_iter_20.caffemodel").unlink()
     log = run_caffe(["train", f"-solver={_solver(caffe, folder, net_path, 20, snapshot=10)}",
@@ -136,7 +154,8 @@ def test_snapshot_resume_continues_from_its_iteration(caffe, toy):
             np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
 
 
-def test_hdf5data_layer_reads_python_written_file(caffe, tmp_path):
+def test_hdf5data_layer_reads_python_written_file(caffe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the list file names its .h5 relative to the dataset folder
     data, label = toy_arrays(n=6, size=8, seed=3)
     listfile = write_h5(tmp_path, "set", data, label)
     n = caffe.NetSpec()
@@ -178,6 +197,8 @@ def test_lmdb_data_layers_read_python_written_datums(caffe, tmp_path):
 
 
 def test_caffe_env_reports_missing_builds_clearly(tmp_path, monkeypatch):
+    for explicit in ("CAFFE", "PYCAFFE"):  # exported by `make test CAFFE_ROOT=...`; they would win
+        monkeypatch.delenv(explicit, raising=False)
     monkeypatch.setenv("CAFFE_ROOT", str(tmp_path))
     with pytest.raises(caffe_env.CaffeNotFound, match="caffe binary not found"):
         caffe_env.caffe_binary()

@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tools import caffe_env
+from cellfcn import caffe_env
 
 GPU = os.environ.get("CELLFCN_TEST_GPU")
 caffe = caffe_env.import_caffe(gpu=int(GPU) if GPU else None)

@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import matthews_corrcoef
 
 from tools import evaluate as E
+from cellfcn.constants import METRICS
 from tools import metrics as M
 from tools import table1 as T
 
@@ -74,8 +75,8 @@ def workspace(tmp_path_factory, caffe):
 
 
 def _run(tool, *args):
-    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", f"tools.{Path(tool).stem}", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO)
 
 
 def test_predict_batches_match_single_forwards(workspace, caffe):
@@ -176,7 +177,7 @@ def test_table1_end_to_end(workspace, tmp_path):
     assert [p["threshold"] for p in table["paper"]] == [0.25, 0.67]
     assert table["n_test_patches"] == 18 and table["n_test_images"] == 3
     for r in table["rows"]:
-        for key in M.METRICS:
+        for key in METRICS:
             assert -1 <= r[key] <= 1
             lo, hi = r["ci"][key]
             assert lo <= hi

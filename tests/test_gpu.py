@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tools import caffe_env
+from cellfcn import caffe_env
 
 GPU_ID = os.environ.get("CELLFCN_GPU_ID", "0")
 
@@ -68,7 +68,7 @@ def test_device_query_reads_cuda13_attributes():
 @needs_gpu
 def test_depthwise_layers_on_gpu():
     """tests/test_depthwise.py in GPU mode: direct CUDA kernels vs Caffe's GEMM vs the numpy reference."""
-    env = dict(os.environ, CELLFCN_TEST_GPU=GPU_ID)
+    env = dict(os.environ, CELLFCN_TEST_GPU=GPU_ID, PYTHONPATH=str(caffe_env.pycaffe_dir(gpu=True)))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(caffe_env.REPO / "tests" / "test_depthwise.py")],
                           capture_output=True, text=True, env=env, timeout=600, cwd=caffe_env.REPO)
@@ -79,8 +79,7 @@ def test_depthwise_layers_on_gpu():
 _CPU_VS_GPU = r"""
 import sys
 import numpy as np
-sys.path.insert(0, sys.argv[1])
-import caffe
+import caffe  # the CUDA build's, first on PYTHONPATH
 
 rng = np.random.default_rng(0)
 x = rng.random((2, 1, 64, 64), dtype=np.float32)
@@ -119,9 +118,9 @@ def test_fcrn_net_same_on_cpu_and_gpu(tmp_path):
     """The FCRN-A deploy net, forward and backward, in the CUDA build's CPU and GPU modes."""
     net = tmp_path / "deploy.prototxt"
     net.write_text("force_backward: true\n" + (caffe_env.REPO / "prototxt" / "deploy.prototxt").read_text())
-    proc = subprocess.run([sys.executable, "-c", _CPU_VS_GPU, str(caffe_env.pycaffe_dir(gpu=True)), str(net),
-                           GPU_ID], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, GLOG_minloglevel="2"))
+    proc = subprocess.run([sys.executable, "-c", _CPU_VS_GPU, "", str(net), GPU_ID], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, GLOG_minloglevel="2",
+                                                PYTHONPATH=str(caffe_env.pycaffe_dir(gpu=True))))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -14,9 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "data" / "caffe_train.log"
-sys.path.insert(0, str(REPO))
 
-from tools import parse_log, plot_log  # noqa: E402
+from tools import parse_log, plot_log
 
 SOLVER = """train_net: "{d}/train.prototxt"
 test_net: "{d}/test.prototxt"
@@ -42,7 +41,7 @@ def train_tiny(workdir):
 
     The two runs' stderr are appended to one log, as a resumed training writes it. Returns the log text.
     """
-    from tools import caffe_env
+    from cellfcn import caffe_env
 
     caffe = caffe_env.import_caffe()
     import h5py
@@ -194,7 +193,7 @@ def test_not_a_log_is_an_error(tmp_path, capsys):
 
 def test_cli_writes_csv(tmp_path):
     out = tmp_path / "log.csv"
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "parse_log.py"), str(FIXTURE), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "tools.parse_log", str(FIXTURE), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     import csv

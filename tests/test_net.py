@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import REPO, make_dataset
 
-import net
-import solve
+from prototxt import net
+from solvers import solve
 
 # Learnable parameters by hand: 3x3 convs (in*9*out + out) and the 1x1 score conv; the bilinear
 # Deconvolutions are fixed (lr_mult 0) and not counted.
@@ -24,7 +24,7 @@ def test_hand_count_is_the_reports_figure():
 
 
 def test_learnable_parameters_counted_with_pycaffe(caffe):
-    n = caffe.Net(str(REPO / "prototxt/deploy.prototxt"), caffe.TEST)
+    n = caffe.Net(str(net.DEPLOY), caffe.TEST)
     proto = net.deploy_net()
     fixed = {layer.name for layer in proto.layer if layer.param and all(p.lr_mult == 0 for p in layer.param)}
     assert fixed == {"up5", "up6", "up7"}
@@ -34,7 +34,7 @@ def test_learnable_parameters_counted_with_pycaffe(caffe):
 
 
 def test_upsampling_is_bilinear_and_depthwise(caffe):
-    n = caffe.Net(str(REPO / "prototxt/deploy.prototxt"), caffe.TEST)
+    n = caffe.Net(str(net.DEPLOY), caffe.TEST)
     w = n.params["up6"][0].data
     assert w.shape == (128, 1, 4, 4)
     ramp = np.array([0.25, 0.75, 0.75, 0.25])
@@ -42,7 +42,7 @@ def test_upsampling_is_bilinear_and_depthwise(caffe):
 
 
 def test_receptive_field_of_conv4_is_38(caffe):
-    n = caffe.Net(str(REPO / "prototxt/deploy.prototxt"), caffe.TEST)
+    n = caffe.Net(str(net.DEPLOY), caffe.TEST)
     for name in ("conv1", "conv2", "conv3", "conv4"):  # positive weights: ReLUs pass everything
         n.params[name][0].data[...] = np.abs(n.params[name][0].data) + 1e-3
     size, unit = 96, 6
@@ -67,7 +67,7 @@ def test_receptive_field_of_conv4_is_38(caffe):
 
 @pytest.mark.parametrize("hw", [(8, 8), (64, 96), (128, 128), (200, 136)])
 def test_output_has_input_size(caffe, hw):
-    n = caffe.Net(str(REPO / "prototxt/deploy.prototxt"), caffe.TEST)
+    n = caffe.Net(str(net.DEPLOY), caffe.TEST)
     n.blobs["data"].reshape(2, 1, *hw)
     n.reshape()
     n.blobs["data"].data[...] = np.random.default_rng(0).random((2, 1, *hw))
@@ -101,7 +101,7 @@ def test_schedule_turns_epochs_into_iterations():
 
 
 def _train(*args, check=True):
-    proc = subprocess.run([sys.executable, str(REPO / "tools/train.py"), *map(str, args)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tools.train", *map(str, args)], capture_output=True,
                           text=True, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stdout[-2000:] + proc.stderr[-2000:])
@@ -114,7 +114,7 @@ def _test_outputs(log):
 
 
 @pytest.mark.parametrize("fmt", ["hdf5", "lmdb"])
-def test_pretrain_lowers_loss_then_finetune_starts_from_its_weights(caffe, tmp_path, fmt):
+def test_pretrain_lowers_loss_then_finetune_starts_from_its_weights(caffe, tmp_path, monkeypatch, fmt):
     syn = make_dataset(tmp_path / "synthetic", "synthetic", n_train=16, n_test=8, size=32, formats=(fmt,))
     real = make_dataset(tmp_path / "real", "real", n_train=8, n_test=4, size=32, seed=5, formats=(fmt,))
     pre, fine = tmp_path / "pretrain", tmp_path / "finetune"
@@ -131,6 +131,7 @@ def test_pretrain_lowers_loss_then_finetune_starts_from_its_weights(caffe, tmp_p
     log = (fine / "train.log").read_text()
     assert "Finetuning from" in log
     # The test loss at iteration 0 is the pretrained model's loss on the val split: the first weights are its.
+    monkeypatch.chdir(real)  # HDF5 list files name their .h5 relative to the dataset folder
     n = caffe.Net(str(fine / "test.prototxt"), caffe.TEST, weights=str(pre / "final.caffemodel"))
     val_loss = np.mean([n.forward()["loss"] for _ in range(json.loads((fine / "run.json").read_text())["n_test"]
                                                             // n.blobs["data"].num)])
@@ -143,7 +144,7 @@ def test_pretrain_lowers_loss_then_finetune_starts_from_its_weights(caffe, tmp_p
 def test_interrupted_run_resumes_from_its_snapshot(tmp_path):
     syn = make_dataset(tmp_path / "synthetic", "synthetic", n_train=16, n_test=8)
     out = tmp_path / "pretrain"
-    args = [sys.executable, str(REPO / "tools/train.py"), "--stage", "pretrain", "--data", str(syn), "--out",
+    args = [sys.executable, "-m", "tools.train", "--stage", "pretrain", "--data", str(syn), "--out",
             str(out), "--batch", "4", "--epochs", "100"]
     # A shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
     # SIGINT; give the child the default disposition a terminal would.

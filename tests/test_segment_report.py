@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from tools import caffe_env, figures, report, segment  # noqa: E402
-from tools.metrics import binary_scores  # noqa: E402
+from cellfcn import caffe_env
+from tools import figures, report, segment
+from tools.metrics import binary_scores
 
 DEPLOY = REPO / "prototxt" / "deploy.prototxt"
 FIXTURE_LOG = REPO / "tests" / "data" / "caffe_train.log"
@@ -162,7 +162,7 @@ def test_cli_scale_from_manifest(model, tmp_path):
     tifffile.imwrite(tmp_path / "cells.tif", (image * 4000).astype(np.uint16))
     (tmp_path / "manifest.json").write_text(json.dumps({"parameters": {"scale": 0.5, "percentiles": [1, 99.5]}}))
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "segment.py"), "--model", str(model),
+    done = subprocess.run([sys.executable, "-m", "tools.segment", "--model", str(model),
                            str(tmp_path / "cells.tif"), "--manifest", str(tmp_path / "manifest.json"),
                            "--out", str(out), "--prob-format", "npy"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -180,7 +180,7 @@ def test_cli_writes_maps_and_scores(model, tmp_path):
     _write_png(tmp_path / "cells.png", (image * 255).astype(np.uint8))
     _write_png(tmp_path / "truth.png", mask.astype(np.uint8) * 255)
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "tools" / "segment.py"), "--model", str(model), "--deploy", str(DEPLOY),
+    cmd = [sys.executable, "-m", "tools.segment", "--model", str(model), "--deploy", str(DEPLOY),
            str(tmp_path / "cells.png"), "--truth", str(tmp_path / "truth.png"), "--evaluate", "--out", str(out),
            "--threshold", "0.5", "--min-area", "15", "--opening", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -202,7 +202,7 @@ def test_cli_writes_maps_and_scores(model, tmp_path):
 
 
 def test_cli_bad_input(model, tmp_path):
-    script = [sys.executable, str(REPO / "tools" / "segment.py")]
+    script = [sys.executable, "-m", "tools.segment"]
     done = subprocess.run([*script, "--model", str(tmp_path / "none.caffemodel"), str(FIXTURE_LOG), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("error:") and "none.caffemodel" in done.stderr
@@ -318,7 +318,7 @@ def fake_runs(root, model):
 def test_report_end_to_end(model, tmp_path):
     runs = fake_runs(tmp_path / "runs", model)
     out = runs / "report"
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), "--runs", str(runs), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "tools.report", "--runs", str(runs), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     page = (out / "index.html").read_text()
@@ -341,7 +341,7 @@ def test_report_missing_input(model, tmp_path):
     runs = fake_runs(tmp_path / "runs", model)
     (runs / "eval" / "table1.json").unlink()
     out = runs / "report"
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), "--runs", str(runs), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "tools.report", "--runs", str(runs), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: missing {runs / 'eval' / 'table1.json'} (run `make evaluate`)"

@@ -14,8 +14,9 @@ from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 
 from simcep_py import SimcepParams, simulate
-from simcep_py.__main__ import main
-from simcep_py.dataset import image_seed, simplex_choice
+from cellfcn import cli
+from simcep_py.__main__ import main as _main
+from simcep_py.dataset import plan_images
 from simcep_py.measurement import add_blurred, blur_pad, energy_matched, simplex_field
 from simcep_py.placement import intersection, overlap_fraction
 from simcep_py.shapes import fill_curve, random_knots, shape_mask, spline_curve
@@ -304,6 +305,10 @@ def test_simulate_rejects_bad_arguments(kwargs, words):
 
 # --- CLI ----------------------------------------------------------------------------------------------------
 
+def main(argv):
+    return cli.run(_main, argv)
+
+
 def test_cli_writes_images_masks_json_and_preview(tmp_path):
     out, preview = tmp_path / "syn", tmp_path / "preview.png"
 
@@ -321,7 +326,7 @@ def test_cli_writes_images_masks_json_and_preview(tmp_path):
         image = tifffile.imread(out / record["image"])
         mask = np.asarray(Image.open(out / record["mask"]))
         sim = simulate((96, 128), 8, record["seed"], params, record["simplex_background"])
-        assert record["seed"] == image_seed(3, i)
+        assert record["seed"] == plan_images(4, np.random.default_rng(3), 8)[i]["seed"]
         assert image.dtype == np.uint16 and image.shape == (96, 128)
         assert np.array_equal(image, np.round(sim.image * 65535).astype(np.uint16))
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
@@ -339,8 +344,10 @@ def test_cli_writes_images_masks_json_and_preview(tmp_path):
 
 def test_cli_refuses_existing_output_and_overwrites_on_request(tmp_path, capsys):
     out = tmp_path / "syn"
-    assert main(["--n-images", "1", "--size", "64", "--n-cells", "3", "--out", str(out), "--quiet"]) == 0
-    assert main(["--n-images", "1", "--size", "64", "--n-cells", "3", "--out", str(out), "--quiet"]) == 1
+    assert main(["--n-images", "1", "--size", "64", "--n-cells", "3", "--test-fraction", "0", "--out", str(out),
+                 "--quiet"]) == 0
+    assert main(["--n-images", "1", "--size", "64", "--n-cells", "3", "--test-fraction", "0", "--out", str(out),
+                 "--quiet"]) == 1
     assert "exists" in capsys.readouterr().err
     assert main(["--n-images", "2", "--size", "64", "--n-cells", "3", "--out", str(out), "--quiet",
                  "--overwrite"]) == 0
@@ -378,11 +385,17 @@ def test_cli_as_a_module_exits_with_a_one_line_error(tmp_path):
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
-def test_simplex_choice_is_exact_and_seeded():
-    chosen = simplex_choice(10, 0.5, seed=1)
-    assert chosen.sum() == 5
-    assert np.array_equal(chosen, simplex_choice(10, 0.5, seed=1))
-    assert simplex_choice(7, 0.0, 1).sum() == 0 and simplex_choice(7, 1.0, 1).all()
+def test_plan_is_exact_per_split_and_seeded():
+    plan = plan_images(12, np.random.default_rng(1), (60, 100), simplex_fraction=0.5, test_fraction=0.25)
+    assert [p["split"] for p in plan] == ["train"] * 9 + ["test"] * 3
+    assert sum(p["simplex_background"] for p in plan if p["split"] == "train") == round(0.5 * 9)
+    assert sum(p["simplex_background"] for p in plan if p["split"] == "test") == round(0.5 * 3)
+    assert all(60 <= p["n_cells"] <= 100 for p in plan)
+    assert plan == plan_images(12, np.random.default_rng(1), (60, 100), 0.5, 0.25)
+    assert plan != plan_images(12, np.random.default_rng(2), (60, 100), 0.5, 0.25)
+    assert all(p["split"] == "train" for p in plan_images(1, np.random.default_rng(0), 5, 1.0, 0.0))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        plan_images(1, np.random.default_rng(0), 5, 0.5, 0.25)
 
 
 def test_a_failure_midway_leaves_no_folder(tmp_path, monkeypatch):

@@ -12,60 +12,22 @@ Example::
         --out runs/eval/after
 """
 import argparse
-import contextlib
 import csv
 import io
-import json
-import os
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools import caffe_env  # noqa: E402
-from tools import metrics as M  # noqa: E402
+from cellfcn import cli, files
+from cellfcn.constants import LABELS, METRICS, STRIDE
+from cellfcn.errors import InputError
+from tools import infer
+from tools import metrics as M
+from tools.plotting import save_figure, score_axes
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DEPLOY = REPO / "prototxt" / "deploy.prototxt"
-LABELS = {"specificity": "specificity", "precision": "precision", "recall": "recall",
-          "accuracy": "accuracy", "f_score": "F-score", "mcc": "MCC"}
-
-
-class InputError(ValueError):
-    """Bad command-line input: reported as a one-line error."""
-
-
-# ----------------------------------------------------------------------------------------------- I/O
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text(path, text):
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def save_figure(fig, path):
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+COLUMNS = ["row", "threshold", *(LABELS[k] for k in METRICS), "AUC"]
 
 
 def load_split(path):
@@ -107,8 +69,8 @@ def load_split(path):
         raise InputError(f"{path}: data must have shape (N, 1, H, W) with N > 0, got {data.shape}")
     if label.shape != data.shape:
         raise InputError(f"{path}: label shape {label.shape} differs from data shape {data.shape}")
-    if data.shape[2] % 8 or data.shape[3] % 8:
-        raise InputError(f"{path}: patch size {data.shape[2:]} must be a multiple of 8")
+    if data.shape[2] % STRIDE or data.shape[3] % STRIDE:
+        raise InputError(f"{path}: patch size {data.shape[2:]} must be a multiple of {STRIDE}")
     if not (np.all(data >= 0) and np.all(data <= 1)):
         raise InputError(f"{path}: data must lie in [0, 1]")
     if not np.all((label == 0) | (label == 1)):
@@ -120,100 +82,6 @@ def load_split(path):
     if "origin" in out and out["origin"].shape != (n, 2):
         raise InputError(f"{path}: origin must have shape ({n}, 2)")
     return out
-
-
-def load_net(model, deploy=DEFAULT_DEPLOY, gpu=None):
-    """Load the deploy net with trained weights through pycaffe.
-
-    Parameters
-    ----------
-    model : str or Path
-        ``.caffemodel`` file.
-    deploy : str or Path
-        Deploy prototxt (Input ``data``, output ``prob``).
-    gpu : int or None
-        CUDA device id, or None for CPU.
-
-    Returns
-    -------
-    caffe.Net
-    """
-    model, deploy = Path(model), Path(deploy)
-    for kind, path in (("model", model), ("deploy prototxt", deploy)):
-        if not path.is_file() or path.stat().st_size == 0:
-            raise InputError(f"{kind} not found or empty: {path}")
-    caffe = caffe_env.import_caffe(gpu)
-    net = caffe.Net(str(deploy), caffe.TEST)
-    if "data" not in net.blobs or "prob" not in net.blobs:
-        raise InputError(f"{deploy}: the net needs an input blob 'data' and an output blob 'prob'")
-    _check_weights(net, model)
-    net.copy_from(str(model))
-    return net
-
-
-def _check_weights(net, model):
-    """Check that ``model`` holds a weight of the right shape for every learnable blob of ``net``.
-
-    Caffe aborts the process on a shape mismatch and silently keeps the random initialisation of layers
-    the model lacks; both deserve a clear error instead.
-    """
-    from caffe.proto import caffe_pb2
-    from google.protobuf.message import DecodeError
-
-    param = caffe_pb2.NetParameter()
-    try:
-        param.ParseFromString(Path(model).read_bytes())
-    except DecodeError:
-        raise InputError(f"{model}: not a caffemodel (NetParameter) file") from None
-    saved = {layer.name: layer.blobs for layer in param.layer if layer.blobs}
-    for name, blobs in net.params.items():
-        if name not in saved:
-            raise InputError(f"{model}: no weights for layer '{name}' of the deploy net")
-        if len(saved[name]) != len(blobs):
-            raise InputError(f"{model}: layer '{name}' has {len(saved[name])} blobs, the deploy net {len(blobs)}")
-        for i, (got, want) in enumerate(zip(saved[name], blobs)):
-            shape = tuple(got.shape.dim) if got.HasField("shape") else (got.num, got.channels, got.height,
-                                                                          got.width)
-            if int(np.prod(shape)) != want.data.size or (got.HasField("shape") and shape != want.data.shape):
-                raise InputError(f"{model}: layer '{name}' blob {i} has shape {shape}, the deploy net "
-                                 f"{want.data.shape}")
-
-
-# ----------------------------------------------------------------------------------------- inference
-def predict(net, data, batch=16, desc="forward"):
-    """Probability of the cell class for every pixel, by batched forward passes.
-
-    Parameters
-    ----------
-    net : caffe.Net
-        Deploy net (``data`` -> ``prob`` with 2 channels).
-    data : ndarray of float32, shape (N, 1, H, W)
-        Images in [0, 1]; H and W multiples of 8.
-    batch : int
-        Images per forward pass (the input blob is reshaped to it; the last batch may be smaller).
-    desc : str
-        Label of the progress bar.
-
-    Returns
-    -------
-    ndarray of float32, shape (N, H, W)
-        Probability of class 1.
-    """
-    from tqdm import tqdm
-
-    if batch < 1:
-        raise ValueError(f"batch must be positive, got {batch}")
-    n, _, h, w = data.shape
-    prob = np.empty((n, h, w), np.float32)
-    for start in tqdm(range(0, n, batch), desc=desc, unit="batch", file=sys.stderr, leave=False):
-        chunk = data[start:start + batch]
-        if net.blobs["data"].data.shape != chunk.shape:
-            net.blobs["data"].reshape(*chunk.shape)
-            net.reshape()
-        net.blobs["data"].data[...] = chunk
-        net.forward()
-        prob[start:start + len(chunk)] = net.blobs["prob"].data[:, 1]
-    return prob
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -269,8 +137,9 @@ def evaluate_arrays(prob, label, threshold=None, groups=None, n_thresholds=1001)
 def metrics_record(result, **extra):
     """The JSON-ready summary of :func:`evaluate_arrays`' result (no arrays)."""
     record = dict(extra)
+    auc = result["auc"]
     record.update(threshold=result["threshold"], protocol=result["protocol"], **result["metrics"],
-                  auc=result["auc"], **result["confusion"], n_pixels=result["n_pixels"],
+                  auc=None if np.isnan(auc) else auc, **result["confusion"], n_pixels=result["n_pixels"],
                   n_positive=result["n_positive"])
     return record
 
@@ -282,37 +151,50 @@ def curve_csv(result):
     fpr, tpr = (r[1:-1][::-1] for r in M.roc_curve(curve))  # back to threshold order, without the ends
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["threshold", "tp", "fp", "tn", "fn", *M.METRICS, "fpr", "tpr"])
+    writer.writerow(["threshold", "tp", "fp", "tn", "fn", *METRICS, "fpr", "tpr"])
     for i, t in enumerate(curve["thresholds"]):
         writer.writerow([f"{t:.6g}", *(int(curve[k][i]) for k in ("tp", "fp", "tn", "fn")),
-                         *(f"{s[k][i]:.6f}" for k in M.METRICS), f"{fpr[i]:.6f}", f"{tpr[i]:.6f}"])
+                         *(f"{s[k][i]:.6f}" for k in METRICS), f"{fpr[i]:.6f}", f"{tpr[i]:.6f}"])
     return buf.getvalue()
 
 
-def markdown_table(rows):
-    """Markdown table of (name, record) pairs with the threshold, six metrics and AUC."""
-    head = ["row", "threshold", *(LABELS[k] for k in M.METRICS), "AUC"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, rec in rows:
-        cells = [name, f"{rec['threshold']:.3f}", *(f"{rec[k]:.3f}" for k in M.METRICS),
-                 "–" if rec.get("auc") is None else f"{rec['auc']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+def table_cells(rows):
+    """The cells of a Table-1-style table (the one rendering of it, for Markdown and the HTML report).
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``name``, ``threshold`` (None: "per image"), the six metrics and ``auc`` (None or NaN: "–"),
+        optionally ``ci`` (metric -> [low, high]) shown as a 95% interval.
+
+    Returns
+    -------
+    header : list of str
+    body : list of list of str
+    """
+    def cell(r, key):
+        value = r.get(key)
+        if value is None or value != value:  # None or NaN: undefined (e.g. AUC without positives)
+            return "–"
+        text = f"{value:.3f}"
+        if key in (r.get("ci") or {}):
+            lo, hi = r["ci"][key]
+            text += f" [{lo:.3f}, {hi:.3f}]"
+        return text
+
+    body = [[r["name"], "per image" if r["threshold"] is None else f"{r['threshold']:.3f}",
+             *(cell(r, k) for k in (*METRICS, "auc"))] for r in rows]
+    return COLUMNS, body
+
+
+def markdown_table(header, body):
+    """A Markdown table from a header and rows of cell strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------- figures
-def _axes(title, xlabel, ylabel):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-    ax.grid(alpha=0.3)
-    return fig, ax
-
-
 def plot_roc(curves, title="ROC", points=()):
     """ROC figure: TPR against FPR, one marker per threshold (Figure 10 of the paper).
 
@@ -328,7 +210,7 @@ def plot_roc(curves, title="ROC", points=()):
     -------
     matplotlib.figure.Figure
     """
-    fig, ax = _axes(title, "FPR (1 − specificity)", "TPR (recall)")
+    fig, ax = score_axes(title, "FPR (1 − specificity)", "TPR (recall)")
     ax.plot([0, 1], [0, 1], ls=":", color="0.6", lw=1)
     for i, (label, res) in enumerate(curves):
         fpr, tpr = M.roc_curve(res["curve"])
@@ -346,7 +228,7 @@ def plot_roc(curves, title="ROC", points=()):
 
 def plot_mcc(result, title="MCC against threshold"):
     """MCC (and F-score) against threshold, the chosen threshold marked."""
-    fig, ax = _axes(title, "threshold", "score")
+    fig, ax = score_axes(title, "threshold", "score")
     curve = result["curve"]
     s = M.scores(curve["tp"], curve["fp"], curve["tn"], curve["fn"])
     ax.set_ylim(min(-0.02, float(s["mcc"].min()) - 0.02), 1.02)  # MCC can be negative
@@ -361,7 +243,7 @@ def plot_mcc(result, title="MCC against threshold"):
 
 def plot_pr(result, title="Precision–recall"):
     """Precision against recall, one point per threshold, the chosen threshold marked."""
-    fig, ax = _axes(title, "recall", "precision")
+    fig, ax = score_axes(title, "recall", "precision")
     precision, recall = M.pr_curve(result["curve"])
     keep = (result["curve"]["tp"] + result["curve"]["fp"]) > 0  # precision undefined with no predictions
     ax.plot(recall[keep], precision[keep], ".-", color="C0", ms=2.5, lw=0.8)
@@ -392,9 +274,9 @@ def write_outputs(result, out, title="", **extra):
     """
     out = Path(out)
     record = metrics_record(result, **extra)
-    write_text(out / "metrics.json", json.dumps(record, indent=2) + "\n")
-    write_text(out / "curve.csv", curve_csv(result))
-    write_text(out / "table.md", markdown_table([(title or "model", record)]))
+    files.write_json(out / "metrics.json", record)
+    files.write_text(out / "curve.csv", curve_csv(result))
+    files.write_text(out / "table.md", markdown_table(*table_cells([dict(record, name=title or "model")])))
     prefix = f"{title}: " if title else ""
     save_figure(plot_roc([(title or "model", result)], title=f"{prefix}ROC"), out / "roc.png")
     save_figure(plot_mcc(result, title=f"{prefix}MCC against threshold"), out / "mcc.png")
@@ -404,11 +286,11 @@ def write_outputs(result, out, title="", **extra):
 
 # ----------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", required=True, help=".caffemodel with the trained weights")
-    p.add_argument("--deploy", default=str(DEFAULT_DEPLOY), help="deploy prototxt (default: %(default)s)")
+    p.add_argument("--deploy", default=str(infer.DEPLOY), help="deploy prototxt (default: %(default)s)")
     p.add_argument("--data", required=True, help="dataset folder holding <split>.h5")
     p.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
@@ -417,31 +299,27 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, default=None,
                    help="fixed threshold in [0, 1] (default: the one that maximises MCC)")
     p.add_argument("--thresholds", type=int, default=1001, help="thresholds on the curves (default: %(default)s)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error(f"--batch must be positive, got {args.batch}")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        p.error(f"--threshold must lie in [0, 1], got {args.threshold}")
+    if args.thresholds < 2:
+        p.error(f"--thresholds must be at least 2, got {args.thresholds}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        if args.batch < 1:
-            raise InputError(f"--batch must be positive, got {args.batch}")
-        if args.threshold is not None and not 0 <= args.threshold <= 1:
-            raise InputError(f"--threshold must lie in [0, 1], got {args.threshold}")
-        if args.thresholds < 2:
-            raise InputError(f"--thresholds must be at least 2, got {args.thresholds}")
-        split = load_split(Path(args.data) / f"{args.split}.h5")
-        net = load_net(args.model, args.deploy, args.gpu)
-        prob = predict(net, split["data"], args.batch, desc=f"{args.split}")
-        result = evaluate_arrays(prob, split["label"], args.threshold, groups=split.get("source_index"),
-                                 n_thresholds=args.thresholds)
-        record = write_outputs(result, args.out, title=Path(args.model).stem, model=str(args.model),
-                               data=str(Path(args.data) / f"{args.split}.h5"), split=args.split)
-    except (InputError, ValueError, caffe_env.CaffeNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(markdown_table([(Path(args.model).stem, record)]), end="")
-    return 0
+    split = load_split(Path(args.data) / f"{args.split}.h5")
+    net = infer.load_model(args.model, args.deploy, args.gpu)
+    prob = infer.predict(net, split["data"], args.batch, desc=f"{args.split}")
+    result = evaluate_arrays(prob, split["label"], args.threshold, groups=split.get("source_index"),
+                             n_thresholds=args.thresholds)
+    record = write_outputs(result, args.out, title=Path(args.model).stem, model=str(args.model),
+                           data=str(Path(args.data) / f"{args.split}.h5"), split=args.split)
+    print(markdown_table(*table_cells([dict(record, name=Path(args.model).stem)])), end="")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

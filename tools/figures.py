@@ -5,22 +5,23 @@
   model's output beside it).
 
 Cases are ranked by per-patch MCC at the model's MCC-optimal threshold on the test set (the ``test-optimal``
-rows of ``RUNS/eval/table1.json``; 0.5 without it). Only patches whose ground truth covers at least
-``--min-cell-fraction`` of the pixels are ranked: on a patch without cells MCC is 0 whatever the output, and
-a sliver of cell at the border makes it noise. Probabilities come from ``RUNS/eval/probs_*.npy`` (written
-by ``make evaluate``) or, without them, from a forward pass of ``RUNS/<stage>/final.caffemodel``.
+rows of ``RUNS/eval/table1.json``). Only patches whose ground truth covers at least ``--min-cell-fraction``
+of the pixels are ranked: on a patch without cells MCC is 0 whatever the output, and a sliver of cell at the
+border makes it noise. Everything shown comes from ``make evaluate`` (``table1.json``, ``probs_*.npy``):
+this module never runs the network, and a missing or stale input is an error.
 """
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.metrics import scores  # noqa: E402
+from cellfcn import cli
+from cellfcn.errors import InputError
+from tools import evaluate as E
+from tools import table1
+from tools.metrics import scores
+from tools.plotting import pyplot, save_figure
 
 # Error-map colours: true positive, false positive, false negative (true negative stays black).
 TP, FP, FN = (255, 255, 255), (230, 40, 40), (40, 160, 255)
@@ -100,11 +101,7 @@ def case_grid(path, data, label, outputs, threshold, rows, title):
         Patch index and row label, top to bottom.
     title : str
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not rows:
         raise ValueError(f"no patch to show in {path} (no test patch has enough cell pixels)")
     headers = ["input", "ground truth", *(name for name, _ in outputs), f"errors (t = {threshold:.2f})"]
@@ -126,11 +123,7 @@ def case_grid(path, data, label, outputs, threshold, rows, title):
     fig.text(0.5, 0.05 / height, "errors: white = true positive, red = false positive, blue = false negative",
              ha="center", va="bottom", fontsize=8)
     fig.tight_layout(rect=(0, 0.25 / height, 1, 1 - 0.3 / height))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=90)
 
 
 def _labelled_rows(best, worst, mcc, split):
@@ -148,40 +141,21 @@ def _labelled_rows(best, worst, mcc, split):
     return rows
 
 
-def thresholds_from_table(table1):
-    """MCC-optimal test thresholds of the models from table1.json: keys ``before``, ``after``, ``synthetic``."""
-    out = {}
-    if not Path(table1).is_file():
-        return out
-    for row in json.loads(Path(table1).read_text()).get("rows", []):
-        if row.get("protocol") != "test-optimal" or row.get("threshold") is None:
-            continue
-        name = row.get("name", "")
-        key = "synthetic" if "synthetic" in name else "after" if "after" in name else \
-            "before" if "before" in name else None
-        if key and key not in out:
-            out[key] = float(row["threshold"])
-    return out
+def load_probs(eval_dir, name, shape):
+    """Class-1 probabilities (N, H, W) that ``make evaluate`` wrote as ``probs_<name>.npy``.
 
-
-def load_probs(runs, name, stage, data, gpu=None):
-    """Class-1 probabilities (N, H, W) of a split: ``RUNS/eval/probs_<name>.npy`` or a forward pass."""
-    from tools import evaluate as E
-
-    cached = Path(runs) / "eval" / f"probs_{name}.npy"
-    n, _, h, w = data.shape
-    if cached.is_file():
-        prob = np.load(cached).astype(np.float32)
-        if prob.ndim == 4 and prob.shape[1] == 1:
-            prob = prob[:, 0]
-        if prob.shape == (n, h, w):
-            return prob
-        print(f"warning: {cached} has shape {prob.shape}, not {(n, h, w)}; recomputing", file=sys.stderr)
-    model = Path(runs) / stage / "final.caffemodel"
-    if not model.is_file():
-        raise FileNotFoundError(f"missing {model} (make {stage})")
-    net = E.load_net(model, gpu=gpu)
-    return E.predict(net, data, desc=f"{stage}: {name}")
+    Raises
+    ------
+    InputError
+        The file is missing or does not match the split (``make evaluate`` is older than the data).
+    """
+    path = Path(eval_dir) / f"probs_{name}.npy"
+    if not path.is_file():
+        raise InputError(f"missing {path} (run `make evaluate`)")
+    prob = np.load(path)
+    if prob.shape != tuple(shape):
+        raise InputError(f"{path} has shape {prob.shape}, the split {tuple(shape)}: run `make evaluate` again")
+    return prob.astype(np.float32, copy=False)
 
 
 def _cases(mcc, label, k, min_cell_fraction):
@@ -192,17 +166,16 @@ def _cases(mcc, label, k, min_cell_fraction):
     return (*select_cases(mcc, label, k, 0.0), 0.0)
 
 
-def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02, gpu=None):
+def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02):
     """Write the three figures into ``out``; return ``{file name: caption}``."""
-    from tools import evaluate as E
-
     runs, data_dir, out = Path(runs), Path(data_dir), Path(out)
-    thresholds = thresholds_from_table(runs / "eval" / "table1.json")
+    eval_dir = runs / "eval"
+    table = table1.load_table(eval_dir / "table1.json")
     captions = {}
 
     syn = E.load_split(data_dir / "synthetic" / "test.h5")
-    prob = load_probs(runs, "before_synthetic", "pretrain", syn["data"], gpu)
-    t = thresholds.get("synthetic", thresholds.get("before", 0.5))
+    prob = load_probs(eval_dir, "before_synthetic", syn["label"].shape)
+    t = table1.find_row(table, "before", "synthetic_test", "test-optimal")["threshold"]
     mcc = per_patch_mcc(prob, syn["label"], t)
     best, worst, _ = _cases(mcc, syn["label"], k, min_cell_fraction)
     case_grid(out / "fig8_synthetic.png", syn["data"][:, 0], syn["label"], [("output (pretrained)", prob)], t,
@@ -212,9 +185,9 @@ def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02, gpu=None):
         f"{len(mcc)} by per-patch MCC at t = {t:.3f}.")
 
     real = E.load_split(data_dir / "real" / "test.h5")
-    after = load_probs(runs, "after", "finetune", real["data"], gpu)
-    before = load_probs(runs, "before", "pretrain", real["data"], gpu)
-    t = thresholds.get("after", 0.5)
+    after = load_probs(eval_dir, "after", real["label"].shape)
+    before = load_probs(eval_dir, "before", real["label"].shape)
+    t = table1.find_row(table, "after", "real_test", "test-optimal")["threshold"]
     mcc = per_patch_mcc(after, real["label"], t)
     best, worst, fraction = _cases(mcc, real["label"], k, min_cell_fraction)
     outputs = [("before fine-tuning", before), ("after fine-tuning", after)]
@@ -234,32 +207,21 @@ def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02, gpu=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs", help="runs folder (pretrain/, finetune/, eval/)")
+    parser = argparse.ArgumentParser(prog="python -m tools.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs", help="runs folder (with eval/ from make evaluate)")
     parser.add_argument("--data", help="data folder with synthetic/ and real/ (default: RUNS/data)")
     parser.add_argument("--out", required=True, help="output folder for the PNGs")
     parser.add_argument("-k", type=int, default=4, help="best and worst cases per figure (default: %(default)s)")
     parser.add_argument("--min-cell-fraction", type=float, default=0.02,
                         help="rank only patches with at least this fraction of cell pixels (default: %(default)s)")
-    parser.add_argument("--gpu", type=int, help="CUDA device id for forward passes (default: CPU)")
     args = parser.parse_args(argv)
     if args.k < 1 or not 0 <= args.min_cell_fraction < 1:
         parser.error("-k must be positive and --min-cell-fraction in [0, 1)")
-    from tools import caffe_env
-    from tools.evaluate import InputError
-
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        captions = make_figures(args.runs, args.data or Path(args.runs) / "data", out, args.k,
-                                args.min_cell_fraction, args.gpu)
-    except (OSError, ValueError, InputError, caffe_env.CaffeNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    captions = make_figures(args.runs, args.data or Path(args.runs) / "data", out, args.k, args.min_cell_fraction)
     for name, caption in captions.items():
         print(f"{out / name}: {caption}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -5,12 +5,11 @@ index of the highest threshold it reaches, positive and negative pixels are coun
 ``np.bincount``, and a reverse cumulative sum gives the counts for ``prob >= threshold`` at all thresholds
 at once. Per-item histograms (one row per image or patch) make bootstrap replicates a weighted sum of rows.
 
-Undefined ratios (no positives, no predictions, empty input) are 0, never NaN, as in scikit-learn's
-``zero_division=0`` and ``matthews_corrcoef``.
+Undefined ratios (no positives, no predictions, empty input) are 0, as in scikit-learn's
+``zero_division=0`` and ``matthews_corrcoef``; the AUC, which has no such convention, is NaN (undefined)
+when either class is absent.
 """
 import numpy as np
-
-METRICS = ("specificity", "precision", "recall", "accuracy", "f_score", "mcc")
 
 
 def thresholds_grid(n_thresholds=1001):
@@ -280,13 +279,14 @@ def roc_auc(counts):
     Returns
     -------
     float or ndarray of float64
-        The AUC; 0 when there are no positive or no negative pixels.
+        The AUC; NaN (undefined) when there are no positive or no negative pixels, since no ranking can be
+        judged then.
     """
     fpr, tpr = roc_curve(counts)
     auc = np.sum(np.diff(fpr, axis=-1) * (tpr[..., 1:] + tpr[..., :-1]) / 2, axis=-1)
     n_pos = np.asarray(counts["tp"])[..., 0] + np.asarray(counts["fn"])[..., 0]
     n_neg = np.asarray(counts["fp"])[..., 0] + np.asarray(counts["tn"])[..., 0]
-    auc = np.where((n_pos > 0) & (n_neg > 0), auc, 0.0)
+    auc = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
     return float(auc) if auc.ndim == 0 else auc
 
 
@@ -350,4 +350,6 @@ def bootstrap(pos, neg, index=None, n_boot=1000, seed=0, alpha=0.05):
     values["auc"] = roc_auc(counts)
     values["threshold"] = counts["thresholds"][picked]
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    return {k: tuple(float(x) for x in np.percentile(v, q)) for k, v in values.items()}
+    # AUC is undefined in a replicate that drew no positive (or no negative) pixel: left out of its interval.
+    return {k: tuple(float(x) for x in (np.nanpercentile(v, q) if np.isfinite(v).any() else (np.nan, np.nan)))
+            for k, v in values.items()}

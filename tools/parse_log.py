@@ -19,12 +19,14 @@ import argparse
 import csv
 import datetime
 import math
-import os
 import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from cellfcn import cli, files
+from cellfcn.errors import InputError
 
 _PREFIX = re.compile(r"[IWEF](\d{4}|\d{8}) (\d\d):(\d\d):(\d\d)\.(\d{6})\s+\d+ [^\]]+\] ")
 _NUM = r"([-+]?(?:nan|inf|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))"
@@ -199,34 +201,28 @@ def merged_rows(train, test):
 def write_csv(path, train, test):
     """Write :func:`merged_rows` to ``path`` atomically."""
     header, rows = merged_rows(train, test)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with files.atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def read_log(path):
-    """Parse the log file at ``path`` (see :func:`parse_log`); raise ValueError if it holds no iteration."""
-    text = Path(path).read_text(errors="replace")
-    train, test = parse_log(text)
+    """Parse the log file at ``path`` (see :func:`parse_log`); raise InputError if it holds no iteration."""
+    if not Path(path).is_file():
+        raise InputError(f"log not found: {path}")
+    train, test = parse_log(Path(path).read_text(errors="replace"))
     if train["iteration"].size == 0 and test["iteration"].size == 0:
-        raise ValueError(f"{path}: no training iterations found (is it a `caffe train` log?)")
+        raise InputError(f"{path}: no training iterations found (is it a `caffe train` log?)")
     return train, test
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.parse_log", description=__doc__.splitlines()[0])
     parser.add_argument("log", help="Caffe training log (e.g. runs/pretrain/train.log)")
     parser.add_argument("--out", help="CSV to write (default: print to stdout)")
     args = parser.parse_args(argv)
-    try:
-        train, test = read_log(args.log)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    train, test = read_log(args.log)
     if args.out:
         write_csv(args.out, train, test)
     else:
@@ -234,8 +230,7 @@ def main(argv=None):
         writer = csv.writer(sys.stdout)
         writer.writerow(header)
         writer.writerows(rows)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

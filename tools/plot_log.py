@@ -5,17 +5,15 @@ previous one ended, in iterations (left column) and in epochs (right column, whe
 per epoch are known: ``run.json`` key ``iters_per_epoch`` next to the log, or ``--iters-per-epoch``).
 """
 import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tools.parse_log import read_log  # noqa: E402
+from cellfcn import cli, files
+from tools.parse_log import read_log
+from tools.plotting import pyplot, save_figure
 
 _STAGE_SHADES = ("#f2f2f2", "#ffffff")
 
@@ -25,7 +23,7 @@ def iters_per_epoch_of(log_path):
     run_json = Path(log_path).with_name("run.json")
     if not run_json.is_file():
         return None
-    value = json.loads(run_json.read_text()).get("iters_per_epoch")
+    value = files.read_json(run_json, "run record").get("iters_per_epoch")
     return float(value) if value else None
 
 
@@ -67,11 +65,7 @@ def plot_stages(stages, out, title="Training logs"):
     title : str
         Figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     by_epoch = all(s["iters_per_epoch"] for s in stages)
     units = [("iteration", 1.0)] + ([("epoch", None)] if by_epoch else [])
     fig, axes = plt.subplots(3, len(units), figsize=(6.5 * len(units), 9.5), squeeze=False, sharex="col")
@@ -115,15 +109,11 @@ def plot_stages(stages, out, title="Training logs"):
                 ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, out)
+    save_figure(fig, out, dpi=100)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.plot_log", description=__doc__.splitlines()[0])
     parser.add_argument("--log", action="append", required=True,
                         help="training log, once per stage in order (e.g. runs/pretrain/train.log)")
     parser.add_argument("--label", action="append", help="stage name per --log (default: the log's folder)")
@@ -137,15 +127,9 @@ def main(argv=None):
             parser.error(f"give {name} once per --log ({len(args.log)} times)")
     if args.iters_per_epoch and not all(v > 0 and math.isfinite(v) for v in args.iters_per_epoch):
         parser.error("--iters-per-epoch must be positive")
-    try:
-        stages = load_stages(args.log, args.iters_per_epoch, args.label)
-        plot_stages(stages, args.out, title=args.title)
-    except (OSError, ValueError, json.JSONDecodeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    plot_stages(load_stages(args.log, args.iters_per_epoch, args.label), args.out, title=args.title)
     print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

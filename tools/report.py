@@ -1,11 +1,12 @@
 """Write the reproduction report: one self-contained HTML page plus Markdown and PNGs (``make report``).
 
-Reads ``RUNS/{pretrain,finetune}/`` (train.log, run.json, solver.prototxt, final.caffemodel), ``RUNS/eval/``
-(table1.json and roc.png from ``make evaluate``) and the datasets under ``--data`` (default ``RUNS/data``).
-Writes ``index.html`` (PNGs inlined as base64), ``report.md`` and the PNGs into ``--out``: Table 1 beside
-the paper's, the training logs (Figure 7), the ROC (Figure 10), Figures 8, 9 and 11, whole-image
-segmentations of real test images, the configuration, the environment, seeds and dataset hashes. The folder
-is built under a temporary name and renamed when complete.
+Reads ``RUNS/{pretrain,finetune}/`` (train.log, run.json, solver.prototxt), ``RUNS/eval/`` (everything
+``make evaluate`` wrote: table1.json, probabilities, ROC, whole-image segmentations) and the datasets under
+``--data`` (default ``RUNS/data``); it never runs the network. Writes ``index.html`` (PNGs inlined as
+base64), ``report.md``, ``report.json`` (the digest of its inputs: an unchanged rerun returns at once) and the
+PNGs into ``--out``: Table 1 beside the paper's, the training logs (Figure 7), the ROC (Figure 10), Figures
+8, 9 and 11, whole-image segmentations of real test images, the configuration, the environment, seeds and
+dataset hashes. The folder is built under a temporary name and renamed when complete.
 """
 import argparse
 import base64
@@ -21,35 +22,37 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-METRICS = ("specificity", "precision", "recall", "accuracy", "f_score", "mcc")
-LABELS = {"specificity": "Specificity", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy",
-          "f_score": "F-score", "mcc": "MCC", "auc": "AUC"}
-STAGES = ("pretrain", "finetune")
-
-
-class MissingInput(Exception):
-    """A required input file is absent; the message names it and the make target that creates it."""
+import cellfcn
+import tools
+from cellfcn import caffe_env, cli, files
+from cellfcn.constants import STAGES
+from cellfcn.errors import CaffeNotFound, InputError
+from tools import evaluate as E
+from tools import table1
 
 
 def required_inputs(runs, data):
-    """(path, make target) of every file the report needs."""
+    """(path, make target) of every file the report reads."""
     runs, data = Path(runs), Path(data)
     need = []
     for stage in STAGES:
-        need += [(runs / stage / name, f"make {stage}") for name in ("train.log", "final.caffemodel", "run.json")]
-    need += [(runs / "eval" / "table1.json", "make evaluate")]
+        need += [(runs / stage / name, f"make {stage}") for name in ("train.log", "run.json", "solver.prototxt")]
+    need += [(runs / "eval" / name, "make evaluate")
+             for name in ("table1.json", "roc.png", "probs_before.npy", "probs_after.npy",
+                          "probs_before_synthetic.npy", "segment/segment.json")]
     need += [(data / "synthetic" / name, "make data") for name in ("manifest.json", "test.h5")]
-    need += [(data / "real" / name, "make data") for name in ("manifest.json", "test.h5", "test_full.h5")]
+    need += [(data / "real" / name, "make data") for name in ("manifest.json", "test.h5")]
     return need
 
 
 def check_inputs(runs, data):
-    """Raise :class:`MissingInput` for the first missing input."""
+    """Raise :class:`InputError` for the first missing input; return the digest of them all."""
+    hashes = {}
     for path, target in required_inputs(runs, data):
         if not Path(path).is_file():
-            raise MissingInput(f"missing {path} (run `{target}`)")
+            raise InputError(f"missing {path} (run `{target}`)")
+        hashes[Path(path).relative_to(Path(path).parents[1]).as_posix()] = files.sha256_file(path)
+    return files.digest(hashes, files.code_digest(cellfcn, tools))
 
 
 # ----------------------------------------------------------------------------------------- document model
@@ -145,50 +148,14 @@ def _fmt(value, digits=3):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _with_ci(row, key):
-    text = _fmt(row.get(key))
-    ci = (row.get("ci") or {}).get(key)
-    if ci and row.get(key) is not None:
-        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return text
-
-
-def _find_row(rows, protocol, word):
-    for row in rows:
-        if row.get("protocol") == protocol and word in row.get("name", "") and "synthetic" not in row["name"]:
-            return row
-    return None
-
-
-def table1_section(doc, table1):
-    """Table 1: a side-by-side comparison with the paper, then every row with its 95% interval."""
-    rows, paper = table1.get("rows", []), table1.get("paper", [])
+def table1_section(doc, table):
+    """Table 1: the paper's rows and ours with their 95% intervals (the one rendering, tools.evaluate's)."""
     doc.h(2, "Table 1: before and after fine-tuning")
-    pairs = [("before", _find_row(paper, "test-optimal", "before"), _find_row(rows, "test-optimal", "before")),
-             ("after", _find_row(paper, "test-optimal", "after"), _find_row(rows, "test-optimal", "after"))]
-    header = ["Metric"]
-    for which, p, o in pairs:
-        header += [f"paper, {which}", f"ours, {which}"]
-    body = []
-    for key in ("threshold", *METRICS, "auc"):
-        line = [LABELS.get(key, "Threshold")]
-        for _, p, o in pairs:
-            line += [_fmt((p or {}).get(key), 2), _fmt((o or {}).get(key))]
-        body.append(line)
-    doc.p("Each model at the threshold that maximises MCC on the real test set, as in the paper "
-          "(pixel-wise scores over all test patches).")
-    doc.table(header, body)
-    doc.p("All rows: `t* on test` is the paper's protocol; `t from val` takes the MCC-optimal threshold of the "
-          "validation split and applies it to the test set; the Otsu row thresholds each whole test image "
-          "and scores the same test pixels. Brackets: 95% bootstrap intervals"
-          + (f" ({table1['bootstrap'].get('replicates')} replicates over {table1['bootstrap'].get('unit')}s)."
-             if isinstance(table1.get("bootstrap"), dict) else "."))
-    header = ["Row", "Threshold", *(LABELS[k] for k in METRICS), "AUC"]
-    body = []
-    for row in [*paper, *rows]:
-        threshold = "per image" if row.get("threshold") is None else f"{row['threshold']:.3f}"
-        body.append([row.get("name", "?"), threshold, *(_with_ci(row, k) for k in (*METRICS, "auc"))])
-    doc.table(header, body)
+    doc.p("`t* on test` is the paper's protocol (the MCC-optimal threshold on the test set itself); `t from val` "
+          "takes the MCC-optimal threshold of the validation split and applies it to the test set; the Otsu "
+          "row thresholds each whole test image and scores the same test pixels. Brackets: 95% bootstrap "
+          f"intervals ({table['bootstrap']['replicates']} replicates over {table['bootstrap']['unit']}s).")
+    doc.table(*E.table_cells([*table["paper"], *table["rows"]]))
 
 
 def training_section(doc, runs, out):
@@ -234,51 +201,37 @@ def roc_section(doc, runs, out):
         doc.p(f"No ROC figure in {eval_dir} (run `make evaluate`).")
 
 
-def figures_section(doc, runs, data, out, gpu):
+def figures_section(doc, runs, data, out):
     from tools.figures import make_figures
 
     doc.h(2, "Examples: synthetic and real test patches (Figures 8, 9, 11)")
-    for name, caption in make_figures(runs, data, out, gpu=gpu).items():
+    for name, caption in make_figures(runs, data, out).items():
         doc.img(name, caption)
 
 
-def segmentation_section(doc, runs, data, out, table1, n_images, opening, min_area, gpu):
-    """Segment whole real test images with the fine-tuned model; overlays and counts."""
-    import h5py
-
-    from tools import caffe_env
-    from tools.segment import segment_and_save
-
-    rows = table1.get("rows", [])
-    chosen = _find_row(rows, "val-threshold", "after") or _find_row(rows, "test-optimal", "after")
-    threshold = float(chosen["threshold"]) if chosen else 0.5
+def segmentation_section(doc, runs, out):
+    """Whole real test images segmented by ``make evaluate``: overlays and counts."""
+    folder = Path(runs) / "eval" / "segment"
+    seg = files.read_json(folder / "segment.json", "whole-image segmentations (run `make evaluate`)")
     doc.h(2, "Whole-image segmentation")
     doc.p(f"Fine-tuned model on whole real test images (`test_full.h5`), tiled with overlap and stitched; "
-          f"threshold {threshold:.3f} ({chosen['name'] if chosen else 'default'}). Post-processing: opening "
-          f"with a disk of radius {opening} px, then removal of objects under {min_area} px. Cells are counted "
-          f"as 8-connected components of the masks, so touching nuclei count once (in the truth too). "
+          f"threshold {seg['threshold']:.3f} (chosen on the validation split). Post-processing: opening with a "
+          f"disk of radius {seg['opening']} px, then removal of objects under {seg['min_area']} px. Cells are "
+          f"counted as 8-connected components of the masks, so touching nuclei count once (in the truth too). "
           f"Overlay: red = predicted outline (post-processed), green = ground truth.")
-    caffe = caffe_env.import_caffe(gpu)
-    net = caffe.Net(str(Path(__file__).resolve().parent.parent / "prototxt" / "deploy.prototxt"), caffe.TEST,
-                    weights=str(Path(runs) / "finetune" / "final.caffemodel"))
     header = ["Image", "Size", "Cells (truth)", "Cells (raw)", "Cells (post)", "MCC raw", "MCC post",
               "F-score raw", "F-score post"]
     body, figures = [], []
-    with h5py.File(Path(data) / "real" / "test_full.h5", "r") as f:
-        keys = sorted(f["images"], key=int)[:n_images]
-        for key in keys:
-            image = f["images"][key][()].astype(np.float32)
-            truth = f["masks"][key][()] != 0
-            name = f["images"][key].attrs.get("name", key)
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            res = segment_and_save(net, image, out, f"segment_{int(key):02d}", threshold, opening, min_area,
-                                   truth)
-            body.append([name, f"{image.shape[1]}x{image.shape[0]}", res["cells_true"], res["cells_raw"],
-                         res["cells"], _fmt(res["scores_raw"]["mcc"]), _fmt(res["scores"]["mcc"]),
-                         _fmt(res["scores_raw"]["f_score"]), _fmt(res["scores"]["f_score"])])
-            figures.append((res["files"]["overlay"], f"Test image {key} ({name}): segmentation overlay."))
-            (out / res["files"]["prob"]).unlink()  # the float map is for tools, not for the page
-            (out / res["files"]["mask"]).unlink()
+    for res in seg["images"]:
+        h, w = res["shape"]
+        body.append([res["image"], f"{w}x{h}", res["cells_true"], res["cells_raw"], res["cells"],
+                     _fmt(res["scores_raw"]["mcc"]), _fmt(res["scores"]["mcc"]),
+                     _fmt(res["scores_raw"]["f_score"]), _fmt(res["scores"]["f_score"])])
+        overlay = res["files"]["overlay"]
+        if not (folder / overlay).is_file():
+            raise InputError(f"missing {folder / overlay} (run `make evaluate`)")
+        shutil.copyfile(folder / overlay, out / overlay)
+        figures.append((overlay, f"Test image {res['image']}: segmentation overlay."))
     doc.table(header, body)
     for name, caption in figures:
         doc.img(name, caption)
@@ -294,8 +247,6 @@ def _run(cmd):
 
 def environment():
     """(name, value) pairs: Caffe version and BLAS, CPU or GPU, Python and package versions."""
-    from tools import caffe_env
-
     info = []
     try:
         binary = caffe_env.caffe_binary()
@@ -307,7 +258,7 @@ def environment():
         blas = sorted({f"{m.group(1)} -> {os.path.realpath(m.group(2))}"
                        for m in re.finditer(r"(\S*(?:blas|mkl|atlas)\S*)\s*=>\s*(\S+)", libs)})
         info.append(("BLAS (ldd libcaffe)", "; ".join(blas) or "none found"))
-    except caffe_env.CaffeNotFound as err:
+    except CaffeNotFound as err:
         info.append(("Caffe", f"not found ({err})"))
     cpu = "unknown"
     if Path("/proc/cpuinfo").is_file():
@@ -329,7 +280,7 @@ def environment():
 
 def configuration_section(doc, runs):
     doc.h(2, "Configuration")
-    infos = {s: json.loads((Path(runs) / s / "run.json").read_text()) for s in STAGES}
+    infos = {s: files.read_json(Path(runs) / s / "run.json", "run record") for s in STAGES}
     keys = []
     for info in infos.values():
         keys += [k for k in info if k not in keys]
@@ -350,85 +301,70 @@ def configuration_section(doc, runs):
 def data_section(doc, data):
     doc.h(2, "Datasets: seeds and hashes")
     for kind in ("synthetic", "real"):
-        manifest = json.loads((Path(data) / kind / "manifest.json").read_text())
+        manifest = files.read_json(Path(data) / kind / "manifest.json", "dataset manifest")
         splits = manifest.get("splits", {})
         doc.h(3, f"{kind}: seed {manifest.get('seed')}, patch {manifest.get('patch_size')}, "
                  f"formats {', '.join(manifest.get('formats', []))}")
         doc.table(["Split", "Patches", "Cell fraction"],
                   [[s, v.get("n"), _fmt(v.get("cell_fraction"), 4)] for s, v in splits.items()])
-        files = manifest.get("files", {})
-        doc.table(["File", "SHA-256"], [[k, v] for k, v in sorted(files.items())])
+        doc.table(["File", "SHA-256"], [[k, v] for k, v in sorted(manifest.get("files", {}).items())])
 
 
-def build(runs, data, out, n_images=2, opening=1, min_area=30, gpu=None):
+def build(runs, data, out):
     """Write the whole report into the folder ``out`` (which must exist and be empty)."""
     runs, data, out = Path(runs), Path(data), Path(out)
-    table1 = json.loads((runs / "eval" / "table1.json").read_text())
+    table = table1.load_table(runs / "eval" / "table1.json")
     doc = Doc(out)
     doc.p("Reproduction of Marzo & La Rosa (2016), \"Microscopy cell semantic segmentation with "
           "fully-convolutional neural networks\": FCRN-A trained with BVLC Caffe on SIMCEP-like synthetic "
           "patches, then fine-tuned on real annotated fluorescence nuclei.")
-    table1_section(doc, table1)
+    table1_section(doc, table)
     training_section(doc, runs, out)
     roc_section(doc, runs, out)
-    figures_section(doc, runs, data, out, gpu)
-    segmentation_section(doc, runs, data, out, table1, n_images, opening, min_area, gpu)
+    figures_section(doc, runs, data, out)
+    segmentation_section(doc, runs, out)
     configuration_section(doc, runs)
     doc.h(2, "Environment")
     doc.p("The machine that wrote this report.")
     doc.table(["Item", "Value"], environment())
     data_section(doc, data)
     title = "cellfcn: microscopy cell segmentation with an FCN (reproduction report)"
-    (out / "index.html").write_text(doc.html(title))
-    (out / "report.md").write_text(doc.markdown(title))
+    files.write_text(out / "index.html", doc.html(title))
+    files.write_text(out / "report.md", doc.markdown(title))
 
 
-def write_report(runs, out, data=None, **kwargs):
-    """Check the inputs, build the report in a temporary folder beside ``out`` and rename it to ``out``."""
+def write_report(runs, out, data=None, force=False):
+    """Check the inputs and build the report in a temporary folder that replaces ``out`` when complete.
+
+    Returns
+    -------
+    out : Path
+    written : bool
+        False when ``out`` already held the report of the same inputs.
+    """
     runs, out = Path(runs), Path(out)
     data = Path(data) if data else runs / "data"
-    check_inputs(runs, data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    old = out.with_name(f".{out.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        build(runs, data, tmp, **kwargs)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    key = check_inputs(runs, data)
+    done = out / "report.json"
+    if not force and done.is_file() and (out / "index.html").is_file() and \
+            files.read_json(done).get("inputs_sha256") == key:
+        return out, False
+    with files.staged_folder(out) as tmp:
+        build(runs, data, tmp)
+        files.write_json(tmp / "report.json", {"inputs_sha256": key})
+    return out, True
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs", help="runs folder (default: %(default)s)")
     parser.add_argument("--data", help="datasets folder (default: RUNS/data)")
     parser.add_argument("--out", required=True, help="report folder to write, e.g. runs/report")
-    parser.add_argument("--images", type=int, default=2, help="whole test images to segment (default: %(default)s)")
-    parser.add_argument("--opening", type=int, default=1, help="opening radius for post-processing (default: %(default)s)")
-    parser.add_argument("--min-area", type=int, default=30,
-                        help="remove objects smaller than this in post-processing (default: %(default)s)")
-    parser.add_argument("--gpu", type=int, help="CUDA device id for forward passes (default: CPU)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
     args = parser.parse_args(argv)
-    if args.images < 1 or args.opening < 0 or args.min_area < 0:
-        parser.error("--images must be positive, --opening and --min-area >= 0")
-    from tools import caffe_env
-    from tools.evaluate import InputError
-
-    try:
-        out = write_report(args.runs, args.out, args.data, n_images=args.images, opening=args.opening,
-                           min_area=args.min_area, gpu=args.gpu)
-    except (MissingInput, OSError, ValueError, KeyError, InputError, caffe_env.CaffeNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"Report: {out / 'index.html'}")
-    return 0
+    out, written = write_report(args.runs, args.out, args.data, args.force)
+    print(f"Report: {out / 'index.html'}" + ("" if written else " (up to date)"))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

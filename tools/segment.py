@@ -1,12 +1,9 @@
 """Segment whole microscopy images of any size with the deploy net; write probability, mask, overlay, count.
 
 An image file is prepared like the training data (``data_prep``: one channel, percentile normalisation, and
-the dataset's resize factor, read from its ``--manifest``; the maps are resized back), padded by
-reflection at the bottom and right to a multiple of 8 (three 2x2 poolings), run through the net and cropped
-back. Images larger than ``--tile`` are cut into windows of at most ``tile`` pixels whose cores
-(``tile - 2 * margin``) tile the image; each window's core is kept. The windows start on multiples of 8 and
-the margin covers the receptive field, so the stitched map equals the one-piece forward pass (up to float
-rounding) while memory stays bounded by the tile size.
+the dataset's resize factor, read from its ``--manifest``; the maps are resized back) and run through the net
+in tiles by :mod:`tools.infer`, whose weight check refuses a model of another net. Two inputs that would
+write the same output names are refused.
 
 Optional post-processing, as the paper suggests for small false positives: a morphological opening with a
 disk of radius ``--opening`` and the removal of objects smaller than ``--min-area`` pixels. Cells are
@@ -14,109 +11,18 @@ counted as 8-connected components. ``--evaluate`` scores the mask before and aft
 ground truth (``--truth`` masks, or the ``masks/<i>`` of a whole-image HDF5 file).
 """
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-STRIDE = 8  # three 2x2 max-poolings: window origins and sizes must be multiples of this
-# FCRN-A's output sees 66 px (38 at conv4, widened by the upsampling path). Measured with random weights:
-# a 32 px margin already stitches exactly (24 does not); 40 keeps a safety step of 8.
-MARGIN = 40
-TILE = 512
+from cellfcn import cli, files
+from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
+from cellfcn.errors import InputError
+from tools import infer
 
 
-def pad_to_multiple(image, multiple=STRIDE):
-    """Pad a 2-D image at the bottom and right by reflection to a multiple of ``multiple``.
-
-    Returns
-    -------
-    ndarray
-        The padded image; crop back with ``[:H, :W]``.
-    """
-    h, w = image.shape
-    pad = ((0, -h % multiple), (0, -w % multiple))
-    # 'symmetric' also works for images smaller than the pad, where 'reflect' would need repeats.
-    return np.pad(image, pad, mode="symmetric")
-
-
-def forward(net, image):
-    """Class-1 probability of one 2-D float32 image whose sides are multiples of 8 (one forward pass)."""
-    h, w = image.shape
-    net.blobs["data"].reshape(1, 1, h, w)
-    net.reshape()
-    net.blobs["data"].data[0, 0] = image
-    net.forward()
-    return net.blobs["prob"].data[0, 1].copy()
-
-
-def windows(length, tile=TILE, margin=MARGIN):
-    """Split ``[0, length)`` into tiles: (window start, window end, core start, core end) tuples.
-
-    Cores of ``tile - 2 * margin`` partition the axis; each window is its core plus ``margin`` on both
-    sides, clipped to the axis. ``length``, ``tile`` and ``margin`` are multiples of 8, so every window
-    starts and ends on a multiple of 8.
-    """
-    if length <= tile:
-        return [(0, length, 0, length)]
-    core = tile - 2 * margin
-    out = []
-    for c0 in range(0, length, core):
-        c1 = min(c0 + core, length)
-        out.append((max(0, c0 - margin), min(length, c1 + margin), c0, c1))
-    return out
-
-
-def segment(net, image, tile=TILE, margin=MARGIN, progress=False):
-    """Probability of the cell class for every pixel of a normalised 2-D image of any size.
-
-    Parameters
-    ----------
-    net : caffe.Net
-        The deploy net (input ``data``, output ``prob`` with 2 channels).
-    image : (H, W) array_like of float
-        Intensities in [0, 1], normalised like the training data (see :func:`prepare`).
-    tile : int
-        Largest window side passed to the net at once (multiple of 8, larger than ``2 * margin``).
-    margin : int
-        Context kept around each window's core (multiple of 8); at least the receptive-field radius
-        for the stitched result to equal the one-piece forward pass.
-    progress : bool
-        Show a progress bar over the windows.
-
-    Returns
-    -------
-    (H, W) ndarray of float32 in [0, 1]
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 2 or min(image.shape) < 1:
-        raise ValueError(f"image must be a non-empty 2-D array, got shape {image.shape}")
-    if not np.all(np.isfinite(image)):
-        raise ValueError("image contains NaN or infinite values")
-    if tile % STRIDE or margin % STRIDE or margin < 0 or tile <= 2 * margin:
-        raise ValueError(f"tile ({tile}) and margin ({margin}) must be multiples of {STRIDE} "
-                         f"with tile > 2 * margin")
-    h, w = image.shape
-    padded = pad_to_multiple(image)
-    rows, cols = windows(padded.shape[0], tile, margin), windows(padded.shape[1], tile, margin)
-    prob = np.empty(padded.shape, dtype=np.float32)
-    cells = [(r, c) for r in rows for c in cols]
-    if progress and len(cells) > 1:
-        from tqdm import tqdm
-
-        cells = tqdm(cells, desc="tiles", unit="tile", leave=False)
-    for (y0, y1, cy0, cy1), (x0, x1, cx0, cx1) in cells:
-        out = forward(net, padded[y0:y1, x0:x1])
-        prob[cy0:cy1, cx0:cx1] = out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-    return prob[:h, :w]
-
-
-def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(1.0, 99.8)):
+def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PCT_HIGH)):
     """Turn a decoded image file into what the net sees, exactly as data_prep prepares real images.
 
     Parameters
@@ -153,8 +59,8 @@ def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(1.0, 99.8))
 
 def dataset_preprocessing(manifest):
     """``scale`` and ``percentiles`` a dataset was built with, from its ``manifest.json`` (data_prep)."""
-    params = json.loads(Path(manifest).read_text()).get("parameters", {})
-    return float(params.get("scale") or 1.0), tuple(params.get("percentiles") or (1.0, 99.8))
+    params = files.read_json(manifest, "dataset manifest").get("parameters", {})
+    return float(params.get("scale") or 1.0), tuple(params.get("percentiles") or (PCT_LOW, PCT_HIGH))
 
 
 def _disk(radius):
@@ -214,36 +120,27 @@ def overlay(image, mask, truth=None):
     return rgb
 
 
-def _atomic(path, write):
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_png(path, array):
     """Write a uint8 gray or RGB array as PNG, atomically."""
     from PIL import Image
 
-    _atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    with files.atomic_file(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def save_prob(path, prob):
     """Write a float32 probability map as TIFF (``.tif``/``.tiff``) or ``.npy``, atomically."""
     prob = np.asarray(prob, dtype=np.float32)
-    if Path(path).suffix == ".npy":
-        _atomic(path, lambda tmp: np.save(tmp, prob))
-    else:
-        import tifffile
+    with files.atomic_file(path) as tmp:
+        if Path(path).suffix == ".npy":
+            np.save(tmp, prob)
+        else:
+            import tifffile
 
-        _atomic(path, lambda tmp: tifffile.imwrite(tmp, prob, photometric="minisblack"))
+            tifffile.imwrite(tmp, prob, photometric="minisblack")
 
 
-def segment_and_save(net, image, out, stem, threshold=0.5, opening=0, min_area=0, truth=None, tile=TILE,
+def segment_and_save(net, image, out, stem, threshold=0.5, opening=0, min_area=0, truth=None, tile=infer.TILE,
                      prob_format="tif", net_input=None):
     """Segment one normalised image and write ``<stem>_prob.<fmt>``, ``_mask.png`` and ``_overlay.png``.
 
@@ -281,7 +178,7 @@ def segment_and_save(net, image, out, stem, threshold=0.5, opening=0, min_area=0
         truth = np.asarray(truth, dtype=bool)
         if truth.shape != np.shape(image):
             raise ValueError(f"{stem}: ground truth shape {truth.shape} differs from the image's {np.shape(image)}")
-    prob = segment(net, image if net_input is None else net_input, tile=tile, progress=True)
+    prob = infer.segment_image(net, image if net_input is None else net_input, tile=tile, progress=True)
     if prob.shape != np.shape(image):
         from skimage.transform import resize
 
@@ -300,29 +197,6 @@ def segment_and_save(net, image, out, stem, threshold=0.5, opening=0, min_area=0
         result["scores_raw"] = binary_scores(raw, truth)
         result["scores"] = binary_scores(mask, truth)
     return result
-
-
-def check_model(caffe, deploy, model):
-    """Raise ValueError unless ``deploy`` parses as a net with a ``prob`` output and ``model`` as weights.
-
-    Caffe aborts the whole process on an unreadable file; checking here turns that into an error message.
-    """
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
-    try:
-        net = text_format.Parse(Path(deploy).read_text(), caffe_pb2.NetParameter())
-    except text_format.ParseError as err:
-        raise ValueError(f"{deploy}: not a Caffe net prototxt ({err})") from None
-    if not any("prob" in layer.top for layer in net.layer):
-        raise ValueError(f"{deploy}: no layer writes the 'prob' blob (expected the deploy net)")
-    weights = caffe_pb2.NetParameter()
-    try:
-        weights.ParseFromString(Path(model).read_bytes())
-    except Exception as err:  # protobuf's DecodeError; the module path differs between versions
-        raise ValueError(f"{model}: not a .caffemodel ({type(err).__name__})") from None
-    if not weights.layer and not weights.layers:
-        raise ValueError(f"{model}: not a .caffemodel (no layers)")
 
 
 def _inputs(paths, truths, channel, scale, percentiles):
@@ -352,14 +226,40 @@ def _inputs(paths, truths, channel, scale, percentiles):
             yield Path(path).stem, image, net_input, truth
 
 
+def check_distinct_outputs(paths):
+    """Refuse inputs that would write the same output files (``a.tif`` and ``a.png``, or two folders' ``a.tif``).
+
+    Raises
+    ------
+    InputError
+        Names both inputs.
+    """
+    import h5py
+
+    seen = {}
+    for path in paths:
+        if Path(path).suffix.lower() in (".h5", ".hdf5"):
+            try:
+                with h5py.File(path, "r") as f:
+                    stems = [f"{Path(path).stem}_{int(k):03d}" for k in f.get("images", {})]
+            except OSError as err:
+                raise InputError(f"cannot read {path}: {err}") from None
+        else:
+            stems = [Path(path).stem]
+        for stem in stems:
+            if stem in seen:
+                raise InputError(f"{seen[stem]} and {path} would both write {stem}_*: rename one, or segment "
+                                 f"them into different --out folders")
+            seen[stem] = path
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.segment", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="TIFF/PNG image (normalised like the training data), or a whole-image HDF5 file "
                              "(images/<i>, masks/<i>, e.g. runs/data/real/test_full.h5)")
     parser.add_argument("--model", required=True, help="trained weights (.caffemodel)")
-    parser.add_argument("--deploy", default=str(REPO / "prototxt" / "deploy.prototxt"),
-                        help="deploy net (default: %(default)s)")
+    parser.add_argument("--deploy", default=str(infer.DEPLOY), help="deploy net (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", type=float, default=0.5, help="cell where prob >= T (default: %(default)s)")
     parser.add_argument("--opening", type=int, default=0, help="opening with a disk of this radius (px)")
@@ -372,7 +272,7 @@ def main(argv=None):
                                            "are resized and normalised like it (e.g. runs/data/real/manifest.json)")
     parser.add_argument("--scale", type=float, help="resize image files by this before the net (default: the "
                                                     "--manifest's scale, else 1); outputs keep the file's size")
-    parser.add_argument("--tile", type=int, default=TILE, help="largest window side (default: %(default)s)")
+    parser.add_argument("--tile", type=int, default=infer.TILE, help="largest window side (default: %(default)s)")
     parser.add_argument("--prob-format", choices=("tif", "npy"), default="tif")
     parser.add_argument("--gpu", type=int, help="CUDA device id (default: CPU)")
     args = parser.parse_args(argv)
@@ -380,29 +280,25 @@ def main(argv=None):
         parser.error("--threshold must lie in [0, 1]")
     if args.opening < 0 or args.min_area < 0:
         parser.error("--opening and --min-area must be >= 0")
-    if args.tile % STRIDE or args.tile <= 2 * MARGIN:
-        parser.error(f"--tile must be a multiple of {STRIDE} larger than {2 * MARGIN}")
+    if args.tile % STRIDE or args.tile <= 2 * infer.MARGIN:
+        parser.error(f"--tile must be a multiple of {STRIDE} larger than {2 * infer.MARGIN}")
+    if args.scale is not None and not 0 < args.scale <= 16:
+        parser.error(f"--scale must be in (0, 16], got {args.scale}")
     for path in [args.model, args.deploy, *args.images, *(args.truth or [])]:
         if not Path(path).is_file():
-            print(f"error: {path}: no such file", file=sys.stderr)
-            return 1
-    from data_prep.errors import DataPrepError
-    from tools import caffe_env
-
+            raise InputError(f"{path}: no such file")
+    check_distinct_outputs(args.images)
+    scale, percentiles = dataset_preprocessing(args.manifest) if args.manifest else (1.0, (PCT_LOW, PCT_HIGH))
+    scale = args.scale if args.scale is not None else scale
+    out = Path(args.out)
+    files.check_writable(out / "segment.json")
+    net = infer.load_model(args.model, args.deploy, args.gpu)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
     try:
-        scale, percentiles = dataset_preprocessing(args.manifest) if args.manifest else (1.0, (1.0, 99.8))
-        scale = args.scale if args.scale is not None else scale
-        if not 0 < scale <= 16:
-            raise ValueError(f"--scale must be in (0, 16], got {scale}")
-        caffe = caffe_env.import_caffe(args.gpu)
-        check_model(caffe, args.deploy, args.model)
-        net = caffe.Net(str(args.deploy), caffe.TEST, weights=str(args.model))
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        results = []
         for stem, image, net_input, truth in _inputs(args.images, args.truth, args.channel, scale, percentiles):
             if args.evaluate and truth is None:
-                raise ValueError(f"{stem}: --evaluate needs a ground-truth mask (--truth)")
+                raise InputError(f"{stem}: --evaluate needs a ground-truth mask (--truth)")
             result = segment_and_save(net, image, out, stem, args.threshold, args.opening, args.min_area,
                                       truth if args.evaluate else None, args.tile, args.prob_format, net_input)
             results.append(result)
@@ -410,14 +306,11 @@ def main(argv=None):
             if "scores" in result:
                 line += f", MCC {result['scores_raw']['mcc']:.4f} -> {result['scores']['mcc']:.4f}"
             print(line)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, DataPrepError, caffe_env.CaffeNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    summary = {"model": str(args.model), "deploy": str(args.deploy), "scale": scale,
-               "percentiles": list(percentiles), "images": results}
-    _atomic(out / "segment.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
-    return 0
+    except (ValueError, KeyError) as err:
+        raise InputError(str(err)) from None
+    files.write_json(out / "segment.json", {"model": str(args.model), "deploy": str(args.deploy), "scale": scale,
+                                            "percentiles": list(percentiles), "images": results})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -12,33 +12,75 @@ the test-optimal rows re-select the threshold in each replicate. A classical bas
 whole test image (``DATA/real/test_full.h5``), is scored on exactly the test patch pixels, and the
 pretrained model is also scored on the synthetic test split (``DATA/synthetic/test.h5``).
 
-Writes to ``--out``: ``table1.md``, ``table1.json``, ``roc.png`` (before and after, Otsu and the paper's
-operating points), ``probs_before.npy`` / ``probs_after.npy`` (float32 (N, P, P), real test patches in
-file order) and ``probs_before_synthetic.npy``, and one folder of evaluate.py outputs per model
-(``before/``, ``after/``, ``before_synthetic/``). Prints Table 1.
+This is the only stage that runs the network on the evaluation data: it also segments the first
+``--images`` whole real test images with the fine-tuned model (tiled, at the validation threshold, with the
+report's post-processing), for the report to show. Writes to ``--out``: ``table1.md``, ``table1.json`` (the
+contract with figures and report: rows keyed by ``model``, ``split`` and ``protocol``, ``schema_version``,
+and the ``inputs_sha256`` that lets an unchanged rerun return at once), ``roc.png`` (before and after, Otsu
+and the paper's operating points), ``probs_before.npy`` / ``probs_after.npy`` (float32 (N, P, P), real test
+patches in file order), ``probs_before_synthetic.npy``, one folder of evaluate outputs per model
+(``before/``, ``after/``, ``before_synthetic/``) and ``segment/`` (overlays and ``segment.json``). Prints
+Table 1.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools import caffe_env  # noqa: E402
-from tools import evaluate as E  # noqa: E402
-from tools import metrics as M  # noqa: E402
+import cellfcn
+import tools
+from cellfcn import cli, files
+from cellfcn.constants import METRICS, TABLE1_SCHEMA
+from cellfcn.errors import InputError
+from tools import evaluate as E
+from tools import infer
+from tools import metrics as M
+from tools import segment
+from tools.plotting import save_figure
 
 # The report's Table 1 (Marzo & La Rosa 2016), each at its MCC-optimal threshold on the test set.
 PAPER = [
-    {"name": "paper: before fine-tuning", "protocol": "test-optimal", "threshold": 0.25, "specificity": 0.96,
-     "precision": 0.58, "recall": 0.52, "accuracy": 0.91, "f_score": 0.55, "mcc": 0.50, "auc": None},
-    {"name": "paper: after fine-tuning", "protocol": "test-optimal", "threshold": 0.67, "specificity": 0.98,
-     "precision": 0.81, "recall": 0.73, "accuracy": 0.95, "f_score": 0.77, "mcc": 0.74, "auc": None},
+    {"name": "paper: before fine-tuning", "model": "before", "split": "paper_test", "protocol": "test-optimal",
+     "threshold": 0.25, "specificity": 0.96, "precision": 0.58, "recall": 0.52, "accuracy": 0.91,
+     "f_score": 0.55, "mcc": 0.50, "auc": None},
+    {"name": "paper: after fine-tuning", "model": "after", "split": "paper_test", "protocol": "test-optimal",
+     "threshold": 0.67, "specificity": 0.98, "precision": 0.81, "recall": 0.73, "accuracy": 0.95,
+     "f_score": 0.77, "mcc": 0.74, "auc": None},
 ]
-COLUMNS = ["row", "threshold", *(E.LABELS[k] for k in M.METRICS), "AUC"]
+MODELS = {"before": "pretrain", "after": "finetune"}  # row model -> the training stage that made it
+
+
+def load_table(path):
+    """Read ``table1.json`` and check it is of this version's schema.
+
+    Raises
+    ------
+    InputError
+        Missing file, malformed JSON or another schema version (the message says to run make evaluate).
+    """
+    table = files.read_json(path, "Table 1 (run `make evaluate`)")
+    if table.get("schema_version") != TABLE1_SCHEMA:
+        raise InputError(f"{path} has schema {table.get('schema_version')}, this version reads "
+                         f"{TABLE1_SCHEMA}: run `make evaluate` again")
+    return table
+
+
+def find_row(table, model, split, protocol):
+    """The one row of ``table`` with these keys (``model``: before/after/otsu; ``split``: real_test,
+    synthetic_test; ``protocol``: test-optimal, val-threshold, otsu-per-image).
+
+    Raises
+    ------
+    InputError
+        No such row.
+    """
+    for row in table.get("rows", []):
+        if (row.get("model"), row.get("split"), row.get("protocol")) == (model, split, protocol):
+            return row
+    raise InputError(f"Table 1 has no row for model={model}, split={split}, protocol={protocol}: "
+                     f"run `make evaluate` again")
 
 
 def load_full_masks(path, indices):
@@ -62,15 +104,15 @@ def load_full_masks(path, indices):
     from skimage.filters import threshold_otsu
 
     if not path.is_file():
-        raise E.InputError(f"whole-image file not found: {path}")
+        raise InputError(f"whole-image file not found: {path}")
     masks, thresholds, truth = {}, {}, {}
     with h5py.File(path, "r") as f:
         for i in sorted(set(int(i) for i in indices)):
             if f"images/{i}" not in f or f"masks/{i}" not in f:
-                raise E.InputError(f"{path}: images/{i} or masks/{i} missing")
+                raise InputError(f"{path}: images/{i} or masks/{i} missing")
             image = f[f"images/{i}"][...].astype(np.float32)
             if image.ndim != 2 or f[f"masks/{i}"].shape != image.shape:
-                raise E.InputError(f"{path}: images/{i} and masks/{i} must be 2-D of the same shape")
+                raise InputError(f"{path}: images/{i} and masks/{i} must be 2-D of the same shape")
             t = float(threshold_otsu(image)) if np.ptp(image) > 0 else float(image.max())
             thresholds[i] = t
             masks[i] = image > t
@@ -95,24 +137,26 @@ def otsu_patches(split, full_path):
         Otsu threshold of every image used.
     """
     if "source_index" not in split or "origin" not in split:
-        raise E.InputError("the real test split needs source_index and origin for the Otsu baseline")
+        raise InputError("the real test split needs source_index and origin for the Otsu baseline")
     masks, thresholds, truth = load_full_masks(full_path, split["source_index"])
     n, p, q = split["label"].shape
     pred = np.empty((n, p, q), bool)
     for k, (i, (y, x)) in enumerate(zip(split["source_index"], split["origin"])):
         h, w = masks[i].shape
         if y < 0 or x < 0 or y + p > h or x + q > w:
-            raise E.InputError(f"test patch {k}: origin ({y}, {x}) + {p}x{q} lies outside image {i} ({h}x{w})")
+            raise InputError(f"test patch {k}: origin ({y}, {x}) + {p}x{q} lies outside image {i} ({h}x{w})")
         if not np.array_equal(truth[i][y:y + p, x:x + q], split["label"][k]):
-            raise E.InputError(f"test patch {k}: label differs from masks/{i} at origin ({y}, {x})")
+            raise InputError(f"test patch {k}: label differs from masks/{i} at origin ({y}, {x})")
         pred[k] = masks[i][y:y + p, x:x + q]
     return pred, thresholds
 
 
-def row(name, protocol, record, ci, **extra):
-    """A table1.json row: metrics at the threshold, AUC, counts and bootstrap intervals."""
-    out = {"name": name, "protocol": protocol, "threshold": record["threshold"]}
-    out.update({k: record[k] for k in M.METRICS})
+def row(name, keys, record, ci, **extra):
+    """A table1.json row: its keys (model, split, protocol), metrics at the threshold, AUC, counts and
+    bootstrap intervals."""
+    model, split, protocol = keys
+    out = {"name": name, "model": model, "split": split, "protocol": protocol, "threshold": record["threshold"]}
+    out.update({k: record[k] for k in METRICS})
     out["auc"] = record.get("auc")
     out.update({k: record[k] for k in ("tp", "fp", "tn", "fn")})
     out["ci"] = {k: list(v) for k, v in ci.items()}
@@ -122,38 +166,34 @@ def row(name, protocol, record, ci, **extra):
 
 def markdown(rows, paper):
     """Table 1 in Markdown: the paper's rows, then ours with 95% intervals."""
-    def cell(r, key, fmt):
-        value = r.get(key)
-        if value is None:
-            return "–"
-        text = format(value, fmt)
-        if key in r.get("ci", {}):
-            lo, hi = r["ci"][key]
-            text += f" [{lo:{fmt}}, {hi:{fmt}}]"
-        return text
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in [*paper, *rows]:
-        threshold = "per image" if r["threshold"] is None else f"{r['threshold']:.3f}"
-        cells = [r["name"], threshold, *(cell(r, k, ".3f") for k in M.METRICS), cell(r, "auc", ".3f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return E.markdown_table(*E.table_cells([*paper, *rows]))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m tools.table1", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--runs", required=True, help="runs folder with pretrain/ and finetune/ final.caffemodel")
     p.add_argument("--data", required=True, help="data folder with real/ and synthetic/")
     p.add_argument("--out", required=True, help="output folder (e.g. RUNS/eval)")
-    p.add_argument("--deploy", default=str(E.DEFAULT_DEPLOY), help="deploy prototxt (default: %(default)s)")
+    p.add_argument("--deploy", default=str(infer.DEPLOY), help="deploy prototxt (default: %(default)s)")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device id (default: CPU)")
     p.add_argument("--batch", type=int, default=16, help="patches per forward pass (default: %(default)s)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
     p.add_argument("--thresholds", type=int, default=1001, help="thresholds on the curves (default: %(default)s)")
-    return p.parse_args(argv)
+    p.add_argument("--images", type=int, default=2, help="whole test images to segment (default: %(default)s)")
+    p.add_argument("--opening", type=int, default=1,
+                   help="post-processing of the whole-image masks: opening radius (default: %(default)s)")
+    p.add_argument("--min-area", type=int, default=30,
+                   help="post-processing: remove objects smaller than this (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="recompute even if the inputs are unchanged")
+    args = p.parse_args(argv)
+    if args.bootstrap < 1 or args.batch < 1 or args.thresholds < 2 or args.images < 0:
+        p.error("--bootstrap and --batch must be positive, --thresholds at least 2, --images >= 0")
+    if args.opening < 0 or args.min_area < 0:
+        p.error("--opening and --min-area must be >= 0")
+    return args
 
 
 def model_rows(key, model, prob, val_prob, test, val, out, args):
@@ -162,7 +202,7 @@ def model_rows(key, model, prob, val_prob, test, val, out, args):
     res = E.evaluate_arrays(prob, test["label"], groups=test["source_index"], n_thresholds=args.thresholds)
     record = E.write_outputs(res, out / key, title=f"{key} fine-tuning, real test", model=str(model),
                              data=str(Path(args.data) / "real" / "test.h5"), split="test")
-    optimal = row(f"ours: {key}, t* on test", "test-optimal", record,
+    optimal = row(f"ours: {key}, t* on test", (key, "real_test", "test-optimal"), record,
                   M.bootstrap(res["pos"], res["neg"], index=None, **boot))
 
     val_res = E.evaluate_arrays(val_prob, val["label"], groups=val.get("source_index"),
@@ -171,7 +211,7 @@ def model_rows(key, model, prob, val_prob, test, val, out, args):
                               n_thresholds=args.thresholds)
     ci = M.bootstrap(fixed["pos"], fixed["neg"], index=fixed["threshold_index"], **boot)
     ci.pop("threshold")  # fixed by the validation split
-    honest = row(f"ours: {key}, t from val", "val-threshold", E.metrics_record(fixed), ci,
+    honest = row(f"ours: {key}, t from val", (key, "real_test", "val-threshold"), E.metrics_record(fixed), ci,
                  val_mcc=val_res["metrics"]["mcc"])
     return res, [optimal, honest]
 
@@ -187,79 +227,124 @@ def otsu_row(pred, thresholds, test, args):
     counts = M.counts_from_histograms(pos.sum(0), neg.sum(0))
     record = {"threshold": None, "auc": None, **M.binary_scores(pred, test["label"]),
               **{k: int(counts[k][1]) for k in ("tp", "fp", "tn", "fn")}}
-    return row("Otsu per whole image", "otsu-per-image", record, ci,
+    return row("Otsu per whole image", ("otsu", "real_test", "otsu-per-image"), record, ci,
                otsu_thresholds={str(i): t for i, t in thresholds.items()})
+
+
+def inputs(args):
+    """Every input of the stage (paths) and the digest that identifies their content and the settings."""
+    runs, data = Path(args.runs), Path(args.data)
+    models = {k: runs / stage / "final.caffemodel" for k, stage in MODELS.items()}
+    for key, path in models.items():
+        if not path.is_file():
+            raise InputError(f"model not found: {path} (train it first: make {MODELS[key]})")
+    paths = {"test": data / "real" / "test.h5", "val": data / "real" / "val.h5",
+             "test_full": data / "real" / "test_full.h5", "synthetic_test": data / "synthetic" / "test.h5"}
+    for path in paths.values():
+        if not path.is_file():
+            raise InputError(f"data file not found: {path} (run `make data`)")
+    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "data", "out", "gpu", "force")}
+    key = files.digest({k: files.sha256_file(v) for k, v in models.items()},
+                       {k: files.sha256_file(v) for k, v in paths.items()}, files.sha256_file(args.deploy),
+                       settings, files.code_digest(cellfcn, tools))
+    return models, paths, key
+
+
+OUTPUTS = ("table1.md", "roc.png", "probs_before.npy", "probs_after.npy", "probs_before_synthetic.npy")
+
+
+def is_current(out, key):
+    """True when ``out`` holds this stage's complete outputs for inputs with digest ``key``."""
+    path = Path(out) / "table1.json"
+    if not path.is_file() or not all((Path(out) / name).is_file() for name in OUTPUTS):
+        return False
+    try:
+        return load_table(path).get("inputs_sha256") == key
+    except InputError:
+        return False
+
+
+def segment_whole_images(net, full_path, out, threshold, args):
+    """Segment the first ``args.images`` whole test images into ``out``; return their records."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    with h5py.File(full_path, "r") as f:
+        for key in sorted(f["images"], key=int)[:args.images]:
+            image = f["images"][key][()].astype(np.float32)
+            truth = f["masks"][key][()] != 0
+            name = f["images"][key].attrs.get("name", key)
+            record = segment.segment_and_save(net, image, out, f"segment_{int(key):02d}", threshold, args.opening,
+                                              args.min_area, truth)
+            records.append(dict(record, image=name.decode() if isinstance(name, bytes) else str(name)))
+    files.write_json(out / "segment.json", {"threshold": threshold, "opening": args.opening,
+                                            "min_area": args.min_area, "images": records})
+    return records
 
 
 def run(args):
     """Compute Table 1 and write every output; return the Markdown text."""
-    runs, data, out = Path(args.runs), Path(args.data), Path(args.out)
-    if args.bootstrap < 1 or args.batch < 1 or args.thresholds < 2:
-        raise E.InputError("--bootstrap and --batch must be positive and --thresholds at least 2")
-    models = {"before": runs / "pretrain" / "final.caffemodel", "after": runs / "finetune" / "final.caffemodel"}
-    for path in models.values():
-        if not path.is_file():
-            raise E.InputError(f"model not found: {path} (train it first: make pretrain / make finetune)")
-    paths = {"test": data / "real" / "test.h5", "val": data / "real" / "val.h5",
-             "test_full": data / "real" / "test_full.h5", "synthetic_test": data / "synthetic" / "test.h5"}
+    out = Path(args.out)
+    files.check_writable(out / "table1.json")
+    models, paths, key = inputs(args)
+    if not args.force and is_current(out, key):
+        print(f"evaluate: up to date ({out / 'table1.json'}; --force recomputes)", file=sys.stderr)
+        return (out / "table1.md").read_text()
     test, val, synthetic = (E.load_split(paths[k]) for k in ("test", "val", "synthetic_test"))
     otsu_pred, otsu_thresholds = otsu_patches(test, paths["test_full"])
 
     rows, curves, probs = [], [], {}
-    for key, model in models.items():
-        net = E.load_net(model, args.deploy, args.gpu)
-        probs[key] = E.predict(net, test["data"], args.batch, desc=f"{key}: real test")
-        val_prob = E.predict(net, val["data"], args.batch, desc=f"{key}: real val")
-        if key == "before":
-            probs["before_synthetic"] = E.predict(net, synthetic["data"], args.batch, desc="before: synthetic test")
-        del net
-        res, model_table = model_rows(key, model, probs[key], val_prob, test, val, out, args)
+    for key_, model in models.items():
+        net = infer.load_model(model, args.deploy, args.gpu)
+        probs[key_] = infer.predict(net, test["data"], args.batch, desc=f"{key_}: real test")
+        val_prob = infer.predict(net, val["data"], args.batch, desc=f"{key_}: real val")
+        if key_ == "before":
+            probs["before_synthetic"] = infer.predict(net, synthetic["data"], args.batch,
+                                                      desc="before: synthetic test")
+        res, model_table = model_rows(key_, model, probs[key_], val_prob, test, val, out, args)
         rows += model_table
-        curves.append((f"ours: {key}", res))
-    rows.append(otsu_row(otsu_pred, otsu_thresholds, test, args))
+        curves.append((f"ours: {key_}", res))
+        if key_ == "after" and args.images:
+            threshold = model_table[1]["threshold"]  # the validation-chosen one
+            segment_whole_images(net, paths["test_full"], out / "segment", threshold, args)
+        del net
+    otsu = otsu_row(otsu_pred, otsu_thresholds, test, args)
+    rows.append(otsu)
 
     syn = E.evaluate_arrays(probs["before_synthetic"], synthetic["label"], n_thresholds=args.thresholds)
     record = E.write_outputs(syn, out / "before_synthetic", title="before fine-tuning, synthetic test",
                              model=str(models["before"]), data=str(paths["synthetic_test"]), split="test")
-    rows.append(row("ours: before, synthetic test", "test-optimal", record,
+    rows.append(row("ours: before, synthetic test", ("before", "synthetic_test", "test-optimal"), record,
                     M.bootstrap(syn["pos"], syn["neg"], index=None, n_boot=args.bootstrap, seed=args.seed)))
 
-    for key, prob in probs.items():
-        with E.atomic_path(out / f"probs_{key}.npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, prob)  # float32: recomputed metrics match the table exactly
+    for name, prob in probs.items():
+        with files.atomic_file(out / f"probs_{name}.npy") as tmp:
+            np.save(tmp, prob)  # float32: recomputed metrics match the table exactly
     # The paper's operating points in the colour of our matching curve (before C0, after C1).
-    otsu = rows[-2]
     points = [("Otsu per image", 1 - otsu["specificity"], otsu["recall"], "s", "k")]
     points += [(p["name"], 1 - p["specificity"], p["recall"], m, c) for p, m, c in zip(PAPER, "oD", ("C0", "C1"))]
-    E.save_figure(E.plot_roc(curves, title="ROC on the real test set", points=points), out / "roc.png")
+    save_figure(E.plot_roc(curves, title="ROC on the real test set", points=points), out / "roc.png")
 
     n_images = int(len(np.unique(test["source_index"])))
+    text = ("Table 1: pixel-wise scores on the real test set. t* on test: MCC-optimal threshold on the test "
+            "set (the paper's protocol); t from val: MCC-optimal threshold on the validation split. "
+            f"[95% bootstrap intervals, {args.bootstrap} replicates, resampling the {n_images} "
+            "test images (the synthetic row: its patches).]\n\n" + markdown(rows, PAPER))
+    files.write_text(out / "table1.md", text)
     meta = {"models": {k: str(v) for k, v in models.items()}, "deploy": str(args.deploy),
             "data": {k: str(v) for k, v in paths.items()},
             "n_test_patches": int(len(test["label"])), "n_test_images": n_images,
             "bootstrap": {"replicates": args.bootstrap, "seed": args.seed, "unit": "test image",
                           "interval": "95% percentile"},
             "n_thresholds": args.thresholds}
-    E.write_text(out / "table1.json", json.dumps({"rows": rows, "paper": PAPER, **meta}, indent=2) + "\n")
-    text = ("Table 1: pixel-wise scores on the real test set. t* on test: MCC-optimal threshold on the test "
-            "set (the paper's protocol); t from val: MCC-optimal threshold on the validation split. "
-            f"[95% bootstrap intervals, {args.bootstrap} replicates, resampling the {n_images} "
-            "test images (the synthetic row: its patches).]\n\n" + markdown(rows, PAPER))
-    E.write_text(out / "table1.md", text)
+    # Written last: its digest marks the stage complete.
+    files.write_json(out / "table1.json", {"schema_version": TABLE1_SCHEMA, "inputs_sha256": key, "rows": rows,
+                                           "paper": PAPER, **meta})
     return text
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        table = run(args)
-    except (E.InputError, ValueError, caffe_env.CaffeNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(table, end="")
-    return 0
+    print(run(parse_args(argv)), end="")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -7,7 +7,6 @@ interrupted resumes from its newest solverstate: on Ctrl-C (SIGINT) Caffe snapsh
 same inputs is not repeated; changed inputs start over.
 """
 import argparse
-import hashlib
 import json
 import re
 import shutil
@@ -17,44 +16,48 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "prototxt"))
-sys.path.insert(0, str(REPO / "solvers"))
-
-import net  # noqa: E402  (prototxt/net.py)
-import solve  # noqa: E402  (solvers/solve.py)
-from tools import caffe_env  # noqa: E402
+from cellfcn import caffe_env, cli, files
+from cellfcn.constants import FORMATS, MANIFEST, STAGES, TEST_SPLIT
+from cellfcn.errors import CellfcnError
+from prototxt import net
+from solvers import solve
 
 _SNAP = re.compile(r"snap_iter_(\d+)\.solverstate$")
 _SHOW = re.compile(r"Iteration \d+ \(|Test net output|Iteration \d+, Testing|Snapshotting to|Optimization Done"
                    r"|Resuming|Finetuning from|Check failed|Error|error")
 
 
-class TrainError(RuntimeError):
+class TrainError(CellfcnError):
     """A one-line reason the stage cannot run."""
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(data_dir, fmt, test_split):
     """Read and check a dataset manifest; return (manifest, n_train, n_test)."""
-    path = Path(data_dir) / "manifest.json"
+    path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise TrainError(f"dataset not found: {path} (run 'make data')")
-    manifest = json.loads(path.read_text())
+    manifest = files.read_json(path, "dataset manifest")
     if fmt not in manifest.get("formats", []):
         raise TrainError(f"dataset {data_dir} has no {fmt} files (formats: {manifest.get('formats')})")
     splits = manifest.get("splits", {})
     for split in ("train", test_split):
         if split not in splits or splits[split].get("n", 0) < 1:
             raise TrainError(f"dataset {data_dir} has no '{split}' split")
+        needed = [f"{split}.txt", f"{split}.h5"] if fmt == "hdf5" else [
+            f"{split}_{kind}_lmdb/data.mdb" for kind in ("data", "label")]
+        for name in needed:
+            if not (Path(data_dir) / name).is_file():
+                raise TrainError(f"dataset {data_dir} lacks {name} (rebuild it: make data)")
     return manifest, splits["train"]["n"], splits[test_split]["n"]
+
+
+def check_init_weights(weights):
+    """Refuse, before Caffe sees them, weights that would not initialise every layer of FCRN-A.
+
+    ``caffe train -weights`` copies layers by name: a model of another net would leave layers at their
+    random initialisation without a word, and a same-named layer of another shape aborts Caffe.
+    """
+    caffe_env.check_weights(caffe_env.net_from_param(net.deploy_net()), weights)
 
 
 def newest_snapshot(out):
@@ -66,7 +69,7 @@ def newest_snapshot(out):
 def prepare(args):
     """Write nets and solver into ``args.out``; return (solver_path, run_info)."""
     out = Path(args.out)
-    test_split = solve.TEST_SPLIT[args.stage]
+    test_split = TEST_SPLIT[args.stage]
     manifest, n_train, n_test = load_manifest(args.data, args.format, test_split)
     sched = solve.schedule(args.stage, n_train, args.batch, args.config, args.epochs)
     test_batch = solve.largest_divisor(n_test, 16)
@@ -78,27 +81,28 @@ def prepare(args):
     net.write_prototxt(test_path, net.train_net(net.dataset_source(data, test_split, args.format), test_batch,
                                                 args.format, "test"), f"fcrn_a_{args.stage}_test")
     solver = solve.solver_param(train_path.resolve(), test_path.resolve(), sched, n_test, test_batch,
-                                out.resolve() / "snap")
+                                out.resolve() / "snap", seed=args.seed)
     solver_path = out / "solver.prototxt"
-    solver_path.write_text(str(solver))
-    key = hashlib.sha256()
-    for part in (train_path.read_bytes(), test_path.read_bytes(), solver_path.read_bytes(),
-                 json.dumps(manifest.get("files", {}), sort_keys=True).encode(),
-                 sha256(args.weights).encode() if args.weights else b""):
-        key.update(part)
-    info = dict(stage=args.stage, config=args.config, format=args.format, batch=args.batch, data=str(data),
-                n_train=n_train, n_test=n_test, test_split=test_split, test_batch=test_batch,
+    files.write_text(solver_path, str(solver))
+    # The dataset's identity is its content (manifest hashes), not where it lies: a moved dataset resumes.
+    key = files.digest(net.deploy_net().__str__(), str(solver).replace(str(out.resolve()), "<out>"),
+                       args.format, args.batch, manifest.get("files", {}),
+                       files.sha256_file(args.weights) if args.weights else None)
+    info = dict(stage=args.stage, config=args.config, format=args.format, batch=args.batch, seed=args.seed,
+                caffe_random_seed=solver.random_seed, data=str(data), n_train=n_train, n_test=n_test,
+                test_split=test_split, test_batch=test_batch,
                 weights=str(Path(args.weights).resolve()) if args.weights else None,
-                gpu=args.gpu, inputs_sha256=key.hexdigest(), **sched)
+                gpu=args.gpu, inputs_sha256=key, **sched)
     return solver_path, info
 
 
-def run_caffe(cmd, log_path):
-    """Run ``caffe train``, appending its log to ``log_path`` and echoing the lines that show progress."""
-    with open(log_path, "a") as log:
+def run_caffe(cmd, log_path, cwd):
+    """Run ``caffe train`` in ``cwd``, appending its log to ``log_path`` line by line (so a killed run leaves
+    every line Caffe wrote) and echoing the lines that show progress."""
+    with open(log_path, "a", buffering=1) as log:
         log.write(f"# cellfcn: {' '.join(map(str, cmd))}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                cwd=cwd)
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -116,7 +120,10 @@ def train(args):
     out = Path(args.out)
     if args.weights and not Path(args.weights).is_file():
         raise TrainError(f"weights not found: {args.weights} (run 'make pretrain' first)")
+    files.check_writable(out / "run.json", "run folder")
     binary = caffe_env.caffe_binary(gpu=args.gpu is not None)
+    if args.weights:
+        check_init_weights(args.weights)
     if args.gpu is not None:
         caffe_env.check_device(args.gpu)
     solver_path, info = prepare(args)
@@ -126,7 +133,7 @@ def train(args):
         # Different data, nets or schedule: old snapshots belong to another run.
         for stale in list(out.glob("snap_iter_*")) + [final, out / "train.log"]:
             stale.unlink(missing_ok=True)
-        run_json.write_text(json.dumps(dict(info, status="started"), indent=1))
+        files.write_json(run_json, dict(info, status="started"))
     elif previous.get("status") == "done" and final.is_file():
         print(f"{args.stage}: up to date ({final})")
         return final
@@ -144,46 +151,60 @@ def train(args):
     print(f"{args.stage}: {info['epochs']} epochs x {info['iters_per_epoch']} iterations (batch {args.batch}) "
           f"on {'GPU ' + str(args.gpu) if args.gpu is not None else 'CPU'}; log: {out / 'train.log'}", flush=True)
     t0 = time.time()
-    rc = run_caffe(cmd, out / "train.log")
+    # HDF5 list files name their .h5 relative to the dataset folder (datasets are relocatable).
+    rc = run_caffe(cmd, out / "train.log", cwd=Path(args.data).resolve())
     seconds = time.time() - t0
     last = out / f"snap_iter_{info['max_iter']}.caffemodel"
     if rc != 0 or not last.is_file():
         done_iter, _ = newest_snapshot(out)
         raise TrainError(f"caffe train stopped (exit {rc}) at snapshot iteration {done_iter}; see {out / 'train.log'}"
                          f"; run the same make target again to resume")
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.copyfile(last, tmp)
-    tmp.replace(final)
+    with files.atomic_file(final) as tmp:
+        shutil.copyfile(last, tmp)
     info.update(status="done", seconds=round(seconds, 1), resumed_from=start_iter,
                 seconds_per_epoch=round(seconds / max(1e-9, (info["max_iter"] - start_iter) / info["iters_per_epoch"]), 2))
-    run_json.write_text(json.dumps(info, indent=1))
+    files.write_json(run_json, info)
     print(f"{args.stage}: done in {seconds:.0f} s ({info['seconds_per_epoch']} s/epoch) -> {final}")
     return final
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("pretrain", "finetune"), required=True)
+    parser = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=sorted(STAGES), required=True)
     parser.add_argument("--data", required=True, help="dataset folder with manifest.json (make data)")
     parser.add_argument("--out", required=True, help="run folder, e.g. runs/pretrain")
-    parser.add_argument("--format", choices=net.FORMATS, default="hdf5")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--format", choices=FORMATS, default="hdf5")
+    parser.add_argument("--batch", type=_positive, default=8)
+    parser.add_argument("--seed", type=_nonnegative, default=0,
+                        help="SEED of the pipeline: Caffe's random_seed is 1701 + SEED (default 0)")
     parser.add_argument("--config", choices=sorted(solve.CONFIGS), default="default")
-    parser.add_argument("--epochs", type=int, help="override the configuration's number of epochs")
+    parser.add_argument("--epochs", type=_positive, help="override the configuration's number of epochs")
     parser.add_argument("--weights", help="start from these weights (fine-tuning)")
     parser.add_argument("--gpu", type=int, help="CUDA device id (needs `make caffe GPU=1`)")
     args = parser.parse_args(argv)
     try:
         train(args)
-    except (TrainError, caffe_env.CaffeNotFound, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"\n{args.stage}: interrupted; Caffe saved a snapshot: run the same make target to resume",
               file=sys.stderr)
         return 130
-    return 0
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonnegative(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
