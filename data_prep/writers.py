@@ -232,7 +232,7 @@ def write_dataset(out, splits, formats, manifest, full=None):
                         write_lmdb(tmp / f"{name}_{kind}_lmdb", split[kind], kind)
                     except lmdb.Error as err:
                         raise CellfcnError(f"cannot write {out / f'{name}_{kind}_lmdb'}: {err}; the previous "
-                                           "dataset (if any) is unchanged") from None
+                                           "version (if any) is unchanged") from None
             else:
                 write_full_images(tmp / f"{name}_full.h5", *full[name])
 

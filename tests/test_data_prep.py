@@ -194,7 +194,7 @@ def test_folder_dataset_counts_shapes_and_contract(folder_dataset):
 # ---------------------------------------------------------------------------------------------- Caffe
 
 def caffe_forward(tmp_path, layers, n):
-    from tools import caffe_env
+    from cellfcn import caffe_env
 
     caffe = caffe_env.import_caffe()
     net_file = tmp_path / "net.prototxt"
