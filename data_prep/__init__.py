@@ -2,8 +2,6 @@
 
 ``python -m data_prep synthetic|mnfinder|folder --out DIR ...`` writes one dataset folder (HDF5 and/or LMDB
 patches, whole-image files for the real val/test splits, ``manifest.json``); see ``python -m data_prep -h``.
+
+Bad input raises :class:`cellfcn.errors.InputError`; every failure is a :class:`cellfcn.errors.CellfcnError`.
 """
-
-from .errors import DataPrepError
-
-__all__ = ["DataPrepError"]

@@ -2,44 +2,62 @@
 
 Each command builds one dataset folder (see :mod:`data_prep.writers`) and skips the work when the folder's
 manifest already records the same command, parameters, sources and code (``--force`` rebuilds).
-Bad input ends with a one-line ``error: ...`` on stderr, exit status 1, and no output folder.
+A bad option value is a usage error (exit status 2); bad input or a failed write ends with a one-line
+``error: ...`` on stderr, exit status 1, the previous output folder as it was and no temporary folder.
 """
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cellfcn.cli import run
+from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
+from cellfcn.errors import InputError
+from cellfcn.files import check_writable, clean_stale, code_digest, digest, sha256_file
+
 from . import mnfinder, real, synthetic
-from .errors import DataPrepError
-from .io import find_pairs, read_array
-from .normalize import PCT_HIGH, PCT_LOW
+from .io import find_pairs, read_array, read_mask
 from .patches import MIN_CELL_FRACTION
 from .preview import write_preview
 from .progress import log, progress_map
-from .writers import check_output_file, check_output_path, is_up_to_date, read_split, sha256_file, write_dataset
+from .writers import check_formats, check_output_path, is_up_to_date, read_split, write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 LMDB_ENCODING = {"data": "Datum.float_data, float32 in [0, 1], channels=1",
                  "label": "Datum.data, uint8 bytes 0/1, channels=1"}
 
 
-def code_digest(*packages):
-    """SHA-256 over the Python sources of the given packages: a code change invalidates old datasets."""
-    digest = hashlib.sha256()
-    for package in packages:
-        folder = Path(package.__file__).parent
-        for path in sorted(folder.rglob("*.py")):
-            digest.update(path.relative_to(folder.parent).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def _formats(value):
     return ["hdf5", "lmdb"] if value == "both" else [value]
+
+
+# -------------------------------------------------------------------------- option values (usage errors)
+def _checked(convert, valid, what):
+    """An argparse ``type``: ``convert(text)``, rejected (usage error, exit 2) unless ``valid(value)``."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+_positive = _checked(int, lambda v: v >= 1, "a positive integer")
+_seed = _checked(int, lambda v: v >= 0, "a non-negative integer")
+_patch_size = _checked(int, lambda v: v >= STRIDE and v % STRIDE == 0,
+                       f"a positive multiple of {STRIDE} (the net's three 2x2 poolings)")
+_share = _checked(float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+_open_share = _checked(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
+_cell_share = _checked(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_percentile = _checked(float, lambda v: 0 <= v <= 100, "a percentile in [0, 100]")
+_scale = _checked(float, lambda v: 0 < v <= 16, "a factor in (0, 16]")
 
 
 def _range(text):
@@ -54,25 +72,23 @@ def _range(text):
     return lo, hi
 
 
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
+# ------------------------------------------------------------------------------------------- commands
 def _build(args, kind, params, sources, load, extra_code=None):
     """Shared tail of every command: skip check, build, write, preview, summary."""
     started = time.monotonic()
     out = Path(args.out)
     check_output_path(out)
     if args.preview:
-        check_output_file(args.preview)
+        if Path(args.preview).is_dir():
+            raise InputError(f"preview path is a folder: {args.preview}")
+        check_writable(args.preview, "preview")
     formats = _formats(args.format)
+    check_formats(formats)
+    clean_stale(out)  # temporaries of killed runs, also when the dataset turns out to be up to date
     params = {"patch_size": args.patch_size, "seed": args.seed, "formats": formats,
               "min_cell_fraction": args.min_cell_fraction, "percentiles": [args.pct_low, args.pct_high], **params}
     code = {"data_prep": code_digest(sys.modules[__package__]), **(extra_code or {})}
-    key = hashlib.sha256(json.dumps([args.command, params, sources, code], sort_keys=True).encode()).hexdigest()
+    key = digest(args.command, params, sources, code)
     if not args.force and is_up_to_date(out, key):
         log(f"{out} is up to date (same parameters, sources and code); --force rebuilds it")
     else:
@@ -87,10 +103,7 @@ def _build(args, kind, params, sources, load, extra_code=None):
         log(f"wrote {out}: {counts} patches in {time.monotonic() - started:.1f} s")
     if args.preview:
         data, label = read_split(out, "train")
-        try:
-            write_preview(args.preview, data, label, args.seed)
-        except OSError as err:
-            raise DataPrepError(f"cannot write the preview {args.preview}: {err}") from None
+        write_preview(args.preview, data, label, args.seed)
         log(f"preview: {args.preview}")
     return 0
 
@@ -154,7 +167,7 @@ def run_mnfinder(args):
 def run_folder(args):
     pairs = find_pairs(args.images, args.masks, args.mask_suffix)
     if len(pairs) < 3:
-        raise DataPrepError(f"need at least 3 image/mask pairs (train, val, test), found {len(pairs)}")
+        raise InputError(f"need at least 3 image/mask pairs (train, val, test), found {len(pairs)}")
     members = {name: {"image": str(image), "image_sha256": sha256_file(image), "mask": str(mask),
                       "mask_sha256": sha256_file(mask)} for name, image, mask in pairs}
     params = {"n_train": args.n_train, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
@@ -165,12 +178,12 @@ def run_folder(args):
         n_test = max(1, int(round(args.test_fraction * n)))
         n_val = max(1, int(round(args.val_fraction * n)))
         if n_test + n_val >= n:
-            raise DataPrepError(f"{n} pairs leave no training image with --val-fraction {args.val_fraction} "
-                                f"and --test-fraction {args.test_fraction}")
+            raise InputError(f"{n} pairs leave no training image with --val-fraction {args.val_fraction} "
+                             f"and --test-fraction {args.test_fraction}")
         order = rng.permutation(n)
         groups = {"test": sorted(order[:n_test]), "val": sorted(order[n_test:n_test + n_val]),
                   "train": sorted(order[n_test + n_val:])}
-        items = {k: progress_map(lambda i: (pairs[i][0], read_array(pairs[i][1]), read_array(pairs[i][2])), idx,
+        items = {k: progress_map(lambda i: (pairs[i][0], read_array(pairs[i][1]), read_mask(pairs[i][2])), idx,
                                  f"reading {k}")
                  for k, idx in groups.items()}
         splits, info, full = _real_splits(args, items["train"], items["val"], items["test"], rng)
@@ -181,16 +194,18 @@ def run_folder(args):
 
 def _common(parser, n_train):
     parser.add_argument("--out", required=True, help="dataset folder to write (replaced when rebuilt)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--format", choices=("hdf5", "lmdb", "both"), default="both",
                         help="HDF5Data files, LMDB Data-layer databases, or both (default both)")
-    parser.add_argument("--patch-size", type=_positive, default=128, help="patch side in pixels (default 128)")
+    parser.add_argument("--patch-size", type=_patch_size, default=128,
+                        help=f"patch side in pixels, a multiple of {STRIDE} (default 128)")
     parser.add_argument("--n-train", type=_positive, default=n_train, help=f"training patches (default {n_train})")
-    parser.add_argument("--min-cell-fraction", type=float, default=MIN_CELL_FRACTION,
+    parser.add_argument("--min-cell-fraction", type=_cell_share, default=MIN_CELL_FRACTION,
                         help="near-empty rule: skip training patches with fewer cell pixels than this "
                              f"fraction (default {MIN_CELL_FRACTION}, about one nucleus of radius 10 px)")
-    parser.add_argument("--pct-low", type=float, default=PCT_LOW, help=f"normalisation low percentile ({PCT_LOW})")
-    parser.add_argument("--pct-high", type=float, default=PCT_HIGH,
+    parser.add_argument("--pct-low", type=_percentile, default=PCT_LOW,
+                        help=f"normalisation low percentile ({PCT_LOW})")
+    parser.add_argument("--pct-high", type=_percentile, default=PCT_HIGH,
                         help=f"normalisation high percentile ({PCT_HIGH})")
     parser.add_argument("--preview", metavar="PNG", help="also write a grid of training patches with outlines")
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
@@ -202,12 +217,13 @@ def build_parser():
 
     p = sub.add_parser("synthetic", help="SIMCEP images from simcep_py -> train/test patches")
     _common(p, 200)
-    p.add_argument("--n-images", type=_positive, default=40, help="source images (default 40)")
+    p.add_argument("--n-images", type=_checked(int, lambda v: v >= 2, "at least 2 (train and test images)"),
+                   default=40, help="source images (default 40)")
     p.add_argument("--image-size", type=_positive, default=512, help="source image side (default 512)")
     p.add_argument("--n-test", type=_positive, default=100, help="test patches (default 100)")
-    p.add_argument("--test-fraction", type=float, default=0.25,
+    p.add_argument("--test-fraction", type=_share, default=0.25,
                    help="share of source images kept for the test split (default 0.25)")
-    p.add_argument("--simplex-fraction", type=float, default=0.5,
+    p.add_argument("--simplex-fraction", type=_share, default=0.5,
                    help="share of images with the simplex-noise background (default 0.5)")
     p.add_argument("--n-cells", type=_range, default=(60, 100), metavar="N|LO:HI",
                    help="cells per image, drawn uniformly in LO..HI (default 60:100)")
@@ -217,7 +233,7 @@ def build_parser():
                        description="Training patches are augmented x8 (dihedral transforms); see data_prep/mnfinder.py "
                                    "for what the wheel holds and why --scale defaults to 0.75.")
     _common(p, 55)
-    p.add_argument("--scale", type=float, default=0.75,
+    p.add_argument("--scale", type=_scale, default=0.75,
                    help="resize factor for images and masks (default 0.75: median nucleus radius 13.5 -> 10 px)")
     p.add_argument("--n-val-images", type=_positive, default=3, help="held-out val images (default 3)")
     p.add_argument("--max-test-images", type=_positive, help="use only the first N test images")
@@ -232,25 +248,28 @@ def build_parser():
     p.add_argument("--images", required=True, help="folder of images (TIFF or PNG, 8/16-bit, gray or RGB)")
     p.add_argument("--masks", required=True, help="folder of masks (binary, instance labels or colour-coded)")
     p.add_argument("--mask-suffix", default="", help="mask name = image name + this, e.g. _mask (default none)")
-    p.add_argument("--channel", type=int, help="channel of an RGB image to use (0 red, 1 green, 2 blue)")
-    p.add_argument("--scale", type=float, default=1.0, help="resize factor for images and masks (default 1)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for val (default 0.1, >= 1)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="share of images for test (default 0.2, >= 1)")
+    p.add_argument("--channel", type=_checked(int, lambda v: 0 <= v <= 2, "0, 1 or 2"),
+                   help="channel of an RGB image to use (0 red, 1 green, 2 blue)")
+    p.add_argument("--scale", type=_scale, default=1.0, help="resize factor for images and masks (default 1)")
+    p.add_argument("--val-fraction", type=_open_share, default=0.1,
+                   help="share of images for val, in (0, 1) (default 0.1; at least one image)")
+    p.add_argument("--test-fraction", type=_open_share, default=0.2,
+                   help="share of images for test, in (0, 1) (default 0.2; at least one image)")
     p.set_defaults(run=run_folder)
     return parser
 
 
+def _main(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pct_low >= args.pct_high:
+        parser.error(f"--pct-low ({args.pct_low}) must be below --pct-high ({args.pct_high})")
+    return args.run(args)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        if not 0 < getattr(args, "scale", 1) <= 16:
-            raise DataPrepError(f"--scale must be in (0, 16], got {args.scale}")
-        if not 0 <= args.min_cell_fraction < 1:
-            raise DataPrepError(f"--min-cell-fraction must be in [0, 1), got {args.min_cell_fraction}")
-        return args.run(args)
-    except (DataPrepError, OSError) as err:  # OSError: e.g. the disk filled up while writing
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """Run the command line; return the exit status (argparse exits 2 itself on a usage error)."""
+    return run(_main, argv)
 
 
 if __name__ == "__main__":

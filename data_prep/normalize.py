@@ -2,10 +2,8 @@
 
 import numpy as np
 
-from .errors import DataPrepError
-
-PCT_LOW = 1.0
-PCT_HIGH = 99.8
+from cellfcn.constants import PCT_HIGH, PCT_LOW
+from cellfcn.errors import InputError
 
 
 def normalize_percentile(image, low=PCT_LOW, high=PCT_HIGH, name="image"):
@@ -30,17 +28,17 @@ def normalize_percentile(image, low=PCT_LOW, high=PCT_HIGH, name="image"):
 
     Raises
     ------
-    DataPrepError
+    InputError
         NaN or infinite values, or a constant image.
     """
     if not 0 <= low < high <= 100:
-        raise DataPrepError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
+        raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
     x = np.asarray(image, dtype=np.float64)
     if not np.all(np.isfinite(x)):
-        raise DataPrepError(f"{name}: image contains NaN or infinite values")
+        raise InputError(f"{name}: image contains NaN or infinite values")
     lo, hi = np.percentile(x, [low, high])
     if hi <= lo:
         lo, hi = x.min(), x.max()
     if hi <= lo:
-        raise DataPrepError(f"{name}: constant image (every pixel is {lo:g})")
+        raise InputError(f"{name}: constant image (every pixel is {lo:g})")
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)

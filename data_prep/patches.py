@@ -8,7 +8,7 @@ patches keep every tile, so evaluation sees images as they are.
 
 import numpy as np
 
-from .errors import DataPrepError
+from cellfcn.errors import InputError
 
 MIN_CELL_FRACTION = 0.02
 
@@ -68,12 +68,12 @@ def sample_patches(masks, n, size, rng, min_cell_fraction=MIN_CELL_FRACTION, ove
 
     Raises
     ------
-    DataPrepError
+    InputError
         If fewer than ``n`` acceptable patches exist.
     """
     usable = [i for i, m in enumerate(masks) if m.shape[0] >= size and m.shape[1] >= size]
     if not usable:
-        raise DataPrepError(f"no image is at least {size}x{size} pixels")
+        raise InputError(f"no image is at least {size}x{size} pixels")
     # Integral images make each near-empty test O(1).
     integrals = {i: np.pad(masks[i].astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0))) for i in usable}
     need = min_cell_fraction * size * size
@@ -82,8 +82,8 @@ def sample_patches(masks, n, size, rng, min_cell_fraction=MIN_CELL_FRACTION, ove
     picks = []
     while len(picks) < n:
         if not order:
-            raise DataPrepError(f"only {len(picks)} of {n} training patches of {size}x{size} found with cell "
-                                f"fraction >= {min_cell_fraction:g}" + ("" if overlap else " and no overlap"))
+            raise InputError(f"only {len(picks)} of {n} training patches of {size}x{size} found with cell "
+                             f"fraction >= {min_cell_fraction:g}" + ("" if overlap else " and no overlap"))
         for i in list(order):
             if len(picks) == n:
                 break

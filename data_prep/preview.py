@@ -1,11 +1,10 @@
 """A PNG grid of random patches with their mask outlines, to look at a dataset."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
+
+from cellfcn.files import atomic_file
 
 OUTLINE_RGB = (255, 60, 60)
 
@@ -40,14 +39,8 @@ def preview_grid(data, label, rng, n=24, columns=6, gap=4):
 
 def write_preview(path, data, label, seed, scale=2):
     """Write :func:`preview_grid` of ``data``/``label`` to ``path`` (PNG), upscaled ``scale`` x (nearest),
-    through a temporary file renamed at the end."""
+    atomically (:func:`cellfcn.files.atomic_file`)."""
     grid = preview_grid(data, label, np.random.default_rng(seed))
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -3,14 +3,16 @@
 import numpy as np
 from skimage.transform import resize
 
+from cellfcn.constants import PCT_HIGH, PCT_LOW
+from cellfcn.errors import InputError
+
 from .augment import augment_dihedral
-from .errors import DataPrepError
 from .io import to_binary_mask, to_gray
 from .normalize import normalize_percentile
 from .patches import cell_fraction, extract_patches, sample_patches, tile_origins
 
 
-def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(1.0, 99.8)):
+def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LOW, PCT_HIGH)):
     """Turn a decoded image/mask pair into a normalised float32 image and a boolean mask.
 
     The image is reduced to one channel, normalised per image (:func:`normalize_percentile`), then
@@ -24,14 +26,14 @@ def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(1.0, 9
 
     Raises
     ------
-    DataPrepError
+    InputError
         Size mismatch, NaN/constant image, unusable channel layout.
     """
     image = to_gray(raw_image, channel, name)
     mask = to_binary_mask(raw_mask, name)
     if image.shape != mask.shape:
-        raise DataPrepError(f"{name}: image is {image.shape[1]}x{image.shape[0]} but its mask is "
-                            f"{mask.shape[1]}x{mask.shape[0]}")
+        raise InputError(f"{name}: image is {image.shape[1]}x{image.shape[0]} but its mask is "
+                         f"{mask.shape[1]}x{mask.shape[0]}")
     image = normalize_percentile(image, *pct, name=name)
     if scale != 1:
         shape = tuple(max(1, int(round(s * scale))) for s in image.shape)
@@ -76,7 +78,7 @@ def tile_split(images, masks, size):
         index.append(np.full(len(corners), i, dtype=np.int32))
         origin.append(corners)
     if not sum(len(o) for o in origin):
-        raise DataPrepError(f"no image is at least {size}x{size} pixels: cannot tile")
+        raise InputError(f"no image is at least {size}x{size} pixels: cannot tile")
     return {"data": np.concatenate(data), "label": np.concatenate(label),
             "source_index": np.concatenate(index), "origin": np.concatenate(origin)}
 
@@ -103,9 +105,9 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
     full : dict of name -> (images, masks, names) for val and test
     """
     if not any(m.any() for _, _, m in train + val + test):
-        raise DataPrepError("every mask is empty: no cell pixels to learn from")
+        raise InputError("every mask is empty: no cell pixels to learn from")
     if not any(m.any() for _, _, m in train):
-        raise DataPrepError("every training mask is empty")
+        raise InputError("every training mask is empty")
     splits, full, info = {}, {}, {}
     for name, items in (("train", train), ("val", val), ("test", test)):
         names, images, masks = ([item[k] for item in items] for k in range(3))

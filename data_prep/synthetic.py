@@ -13,7 +13,8 @@ patches are sampled at random positions (overlap allowed, near-empty rule applie
 
 import numpy as np
 
-from .errors import DataPrepError
+from cellfcn.errors import InputError
+
 from .normalize import normalize_percentile
 from .patches import cell_fraction, sample_patches
 from .progress import progress_map
@@ -37,9 +38,9 @@ def plan_images(n_images, test_fraction, simplex_fraction, n_cells, rng):
         ``seed``, ``n_cells``, ``split`` ("train"/"test"), ``simplex_background`` per image.
     """
     if n_images < 2:
-        raise DataPrepError(f"--n-images must be at least 2 (train and test images), got {n_images}")
+        raise InputError(f"--n-images must be at least 2 (train and test images), got {n_images}")
     if not (0 <= test_fraction <= 1 and 0 <= simplex_fraction <= 1):
-        raise DataPrepError("--test-fraction and --simplex-fraction must be in [0, 1]")
+        raise InputError("--test-fraction and --simplex-fraction must be in [0, 1]")
     n_test = min(max(1, int(round(test_fraction * n_images))), n_images - 1)
     seeds = rng.integers(0, 2**31 - 1, size=n_images)
     counts = rng.integers(n_cells[0], n_cells[1] + 1, size=n_images)
@@ -75,7 +76,7 @@ def build_synthetic_splits(plan, rendered, n_train, n_test, patch_size, rng, min
     info : dict of name -> manifest entry
     """
     if not any(mask.any() for _, mask in rendered):
-        raise DataPrepError("every synthetic mask is empty: no cell pixels to learn from")
+        raise InputError("every synthetic mask is empty: no cell pixels to learn from")
     splits, info = {}, {}
     for name, n, min_fraction in (("train", n_train, min_cell_fraction), ("test", n_test, 0.0)):
         members = [i for i, item in enumerate(plan) if item["split"] == name]

@@ -9,12 +9,13 @@ import pytest
 import tifffile
 from PIL import Image
 
+from cellfcn.errors import InputError
+from cellfcn.files import sha256_file
 from data_prep import __main__ as cli
 from data_prep.augment import augment_dihedral, dihedral
 from data_prep.io import to_binary_mask, to_gray
 from data_prep.normalize import normalize_percentile
 from data_prep.patches import sample_patches, tile_origins
-from data_prep.writers import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 P = 32  # small patches keep the tests fast; every size path is the same code as 128
@@ -73,9 +74,8 @@ def folder_args(images, masks, out, *extra):
 
 
 def data_hashes(out):
-    """SHA-256 of every output file except the list files, whose content is an absolute path."""
-    files = json.loads((Path(out) / "manifest.json").read_text())["files"]
-    return {k: v for k, v in files.items() if not k.endswith(".txt")}
+    """SHA-256 of every output file, as the manifest records them."""
+    return json.loads((Path(out) / "manifest.json").read_text())["files"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_gray_channel_and_mask_encodings():
     rgb = np.zeros((4, 5, 3), dtype=np.uint8)
     rgb[..., 1] = 7
     assert to_gray(rgb, channel=1).tolist() == np.full((4, 5), 7).tolist()
-    with pytest.raises(cli.DataPrepError, match="--channel"):
+    with pytest.raises(InputError, match="--channel"):
         to_gray(rgb)
     assert to_gray(np.repeat(np.arange(20, dtype=np.uint16).reshape(4, 5, 1), 3, axis=2)).shape == (4, 5)
     labels = np.array([[0, 3], [7, 0]])
@@ -156,7 +156,7 @@ def test_tiles_and_near_empty_rule():
     index, origin = sample_patches([mask], 5, 32, np.random.default_rng(0), min_cell_fraction=0.1)
     for y, x in origin:
         assert mask[y:y + 32, x:x + 32].mean() >= 0.1
-    with pytest.raises(cli.DataPrepError, match="only"):
+    with pytest.raises(InputError, match="only"):
         sample_patches([mask], 5, 32, np.random.default_rng(0), min_cell_fraction=0.1, overlap=False)
 
 
@@ -176,7 +176,7 @@ def test_folder_dataset_counts_shapes_and_contract(folder_dataset):
         # near-empty rule on every training patch (the dihedral transforms keep the count)
         assert (f["label"][:].mean(axis=(1, 2, 3)) >= 0.02).all()
     for split in ("val", "test"):
-        assert (out / f"{split}.txt").read_text().strip() == str((out / f"{split}.h5").resolve())
+        assert (out / f"{split}.txt").read_text() == f"{split}.h5\n"  # relative to the dataset folder
         with h5py.File(out / f"{split}.h5") as f, h5py.File(out / f"{split}_full.h5") as full:
             n_images = manifest["splits"][split]["n_images"]
             assert len(full["images"]) == len(full["masks"]) == n_images == 1
@@ -205,10 +205,11 @@ def caffe_forward(tmp_path, layers, n):
     return net.blobs["data"].data.copy(), net.blobs["label"].data.copy()
 
 
-def test_caffe_reads_hdf5(folder_dataset, tmp_path):
+def test_caffe_reads_hdf5(folder_dataset, tmp_path, monkeypatch):
     _, _, out = folder_dataset
-    layers = f'''layer {{ name: "d" type: "HDF5Data" top: "data" top: "label"
-      hdf5_data_param {{ source: "{out / 'train.txt'}" batch_size: 48 }} }}'''
+    monkeypatch.chdir(out)  # list files name their .h5 relative to the dataset folder, Caffe's working folder
+    layers = '''layer { name: "d" type: "HDF5Data" top: "data" top: "label"
+      hdf5_data_param { source: "train.txt" batch_size: 48 } }'''
     data, label = caffe_forward(tmp_path, layers, 48)
     with h5py.File(out / "train.h5") as f:
         np.testing.assert_array_equal(data, f["data"][:])
@@ -264,9 +265,10 @@ def test_failed_write_keeps_the_old_dataset_and_leaves_no_temporary_folder(folde
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("data_prep.writers.write_lmdb_pair", disk_full)
+    monkeypatch.setattr("data_prep.writers.write_lmdb", disk_full)
     status, lines = run(folder_args(images, masks, out, "--format", "lmdb", "--seed", 3), capsys)
-    assert status == 1 and lines == ["error: [Errno 28] No space left on device"]
+    assert status == 1 and lines == [f"error: cannot write {out}: No space left on device; the previous version "
+                                     "(if any) is unchanged"]
     assert data_hashes(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "p.png"]
 
@@ -341,7 +343,7 @@ def test_bad_paths(tmp_path, capsys):
     images, masks = make_folder(tmp_path, n=3)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    cases = [(folder_args(images, masks, blocker / "out"), "not a writable folder"),
+    cases = [(folder_args(images, masks, blocker / "out"), f"{blocker} is a file"),
              (folder_args(images, masks, blocker), "is a file"),
              (folder_args(images, tmp_path / "missing", tmp_path / "o"), "mask folder not found")]
     (tmp_path / "someone_elses").mkdir()
