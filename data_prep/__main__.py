@@ -17,6 +17,7 @@ from cellfcn.cli import run
 from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import InputError
 from cellfcn.files import check_writable, clean_stale, code_digest, digest, sha256_file
+from simcep_py.dataset import plan_images
 
 from . import mnfinder, real, synthetic
 from .io import find_pairs, read_array, read_mask
@@ -109,14 +110,14 @@ def _build(args, kind, params, sources, load, extra_code=None):
 
 
 def run_synthetic(args):
-    import simcep_py  # noqa: PLC0415
+    import simcep_py  # noqa: PLC0415  (its code digest marks the dataset)
 
     params = {"n_images": args.n_images, "image_size": args.image_size, "n_train": args.n_train,
               "n_test": args.n_test, "test_fraction": args.test_fraction,
               "simplex_fraction": args.simplex_fraction, "n_cells": list(args.n_cells)}
 
     def load(rng):
-        plan = synthetic.plan_images(args.n_images, args.test_fraction, args.simplex_fraction, args.n_cells, rng)
+        plan = plan_images(args.n_images, rng, args.n_cells, args.simplex_fraction, args.test_fraction)
         rendered = synthetic.render_images(plan, args.image_size, (args.pct_low, args.pct_high))
         splits, info = synthetic.build_synthetic_splits(plan, rendered, args.n_train, args.n_test,
                                                         args.patch_size, rng, args.min_cell_fraction)
@@ -221,8 +222,8 @@ def build_parser():
                    default=40, help="source images (default 40)")
     p.add_argument("--image-size", type=_positive, default=512, help="source image side (default 512)")
     p.add_argument("--n-test", type=_positive, default=100, help="test patches (default 100)")
-    p.add_argument("--test-fraction", type=_share, default=0.25,
-                   help="share of source images kept for the test split (default 0.25)")
+    p.add_argument("--test-fraction", type=_checked(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+                   default=0.25, help="share of source images kept for the test split (default 0.25)")
     p.add_argument("--simplex-fraction", type=_share, default=0.5,
                    help="share of images with the simplex-noise background (default 0.5)")
     p.add_argument("--n-cells", type=_range, default=(60, 100), metavar="N|LO:HI",

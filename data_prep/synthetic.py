@@ -1,11 +1,11 @@
 """Synthetic dataset: SIMCEP images from ``simcep_py``, random training patches, a test split from other images.
 
-Each source image gets its own seed (drawn from the dataset seed) and a cell count drawn uniformly from
-``n_cells`` (default 60-100 nuclei of radius ~10 px on 512 x 512, about 7-12 % cell pixels, the ~10 %
-of the report). The first ``n_test_images`` = round(``test_fraction`` x ``n_images``) images come after the
-training images in seed order and are used only for the test split. Within each group, the first
-round(``simplex_fraction`` x count) images get the simplex-noise background, so train and test both
-hold that share (half by default). Images are normalised like the real ones (robust percentiles, see
+The source images are planned by :func:`simcep_py.dataset.plan_images`, the one seeding scheme (so
+``python -m simcep_py`` with the same seed and parameters draws the same images): each gets its own seed
+and a cell count drawn uniformly from ``n_cells`` (default 60-100 nuclei of radius ~10 px on 512 x 512,
+about 7-12 % cell pixels, the ~10 % of the report); the last round(``test_fraction`` x ``n_images``) are
+used only for the test split, and within each split the first round(``simplex_fraction`` x count) images
+get the simplex-noise background, so train and test both hold that share (half by default). Images are normalised like the real ones (robust percentiles, see
 :mod:`data_prep.normalize`) so pre-training and fine-tuning see the same intensity scale. Training
 patches are sampled at random positions (overlap allowed, near-empty rule applied, see
 :mod:`data_prep.patches`); test patches are random positions in the test images without the rule.
@@ -14,51 +14,17 @@ patches are sampled at random positions (overlap allowed, near-empty rule applie
 import numpy as np
 
 from cellfcn.errors import InputError
+from simcep_py import simulate
 
 from .normalize import normalize_percentile
 from .patches import cell_fraction, sample_patches
 from .progress import progress_map
 
 
-def plan_images(n_images, test_fraction, simplex_fraction, n_cells, rng):
-    """Decide every source image: its seed, cell count, split and background.
-
-    Parameters
-    ----------
-    n_images : int
-        Source images (at least 2: one for training, one for testing).
-    test_fraction, simplex_fraction : float in [0, 1]
-    n_cells : (int, int)
-        Inclusive range of the per-image cell count.
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    list of dict
-        ``seed``, ``n_cells``, ``split`` ("train"/"test"), ``simplex_background`` per image.
-    """
-    if n_images < 2:
-        raise InputError(f"--n-images must be at least 2 (train and test images), got {n_images}")
-    if not (0 <= test_fraction <= 1 and 0 <= simplex_fraction <= 1):
-        raise InputError("--test-fraction and --simplex-fraction must be in [0, 1]")
-    n_test = min(max(1, int(round(test_fraction * n_images))), n_images - 1)
-    seeds = rng.integers(0, 2**31 - 1, size=n_images)
-    counts = rng.integers(n_cells[0], n_cells[1] + 1, size=n_images)
-    plan = []
-    for split, indices in (("train", range(n_images - n_test)), ("test", range(n_images - n_test, n_images))):
-        n_simplex = int(round(simplex_fraction * len(indices)))
-        for j, i in enumerate(indices):
-            plan.append({"seed": int(seeds[i]), "n_cells": int(counts[i]), "split": split,
-                         "simplex_background": j < n_simplex})
-    return plan
-
-
 def render_images(plan, size, pct):
     """Simulate and normalise the planned images: list of (image float32, mask bool)."""
-    import simcep_py  # noqa: PLC0415 (only the synthetic command needs it)
-
     def render(item):
-        sim = simcep_py.simulate(shape=(size, size), n_cells=item["n_cells"], seed=item["seed"],
+        sim = simulate(shape=(size, size), n_cells=item["n_cells"], seed=item["seed"],
                                  simplex_background=item["simplex_background"])
         image = normalize_percentile(sim.image, *pct, name=f"synthetic image (seed {item['seed']})")
         return image, np.asarray(sim.mask, dtype=bool)
