@@ -282,7 +282,7 @@ def load_net(deploy, model, gpu=None):
     return net
 
 
-def main(argv=None):
+def _main(argv=None):
     """Print the resolved binary and pycaffe folder (``python -m cellfcn.caffe_env [--gpu]``)."""
     import argparse
 
@@ -296,7 +296,12 @@ def main(argv=None):
         print(pycaffe_dir(args.gpu))
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    """Run the command; return its exit status."""
     from .cli import run
 
-    sys.exit(run(main))
+    return run(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

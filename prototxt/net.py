@@ -122,7 +122,7 @@ def default_files(batch_size=8, data_root="runs/data"):
     return files
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m prototxt.net", description="Write the FCRN-A prototxt "
                                      "files (train/test per stage and data format, and deploy).")
     parser.add_argument("--out", default=str(DEPLOY.parent), help="output folder (default: prototxt/)")
@@ -136,5 +136,10 @@ def main(argv=None):
     print(f"wrote {len(nets)} nets to {out}")
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

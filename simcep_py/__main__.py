@@ -98,7 +98,7 @@ def _params(args):
     return SimcepParams.from_dict(values)
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -114,5 +114,10 @@ def main(argv=None):
           f"(cell-pixel fraction {manifest['cell_fraction']:.3f})")
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

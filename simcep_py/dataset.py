@@ -116,7 +116,7 @@ def write_dataset(out, n_images, shape, n_cells, seed, params=None, simplex_frac
             tifffile.imwrite(tmp / "images" / f"{name}.tif", np.round(sim.image * 65535).astype(np.uint16))
             Image.fromarray(sim.mask.astype(np.uint8) * 255).save(tmp / "masks" / f"{name}.png")
             records.append({"image": f"images/{name}.tif", "mask": f"masks/{name}.png", "seed": sim.seed,
-                            "split": item["split"], "simplex_background": sim.simplex_background,
+                            "n_cells": item["n_cells"], "split": item["split"], "simplex_background": sim.simplex_background,
                             "n_cells_placed": len(sim.features), "cell_fraction": sim.cell_fraction})
             if len(shown) < PREVIEW_IMAGES:
                 shown.append((sim.image, sim.nuclei_labels if params.target == "nuclei" else sim.cell_labels))

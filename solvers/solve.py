@@ -121,7 +121,7 @@ def write_defaults(out, batch_size=8):
                              f"; tools/train.py writes the one a run uses from its dataset's manifest.\n{s}")
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m solvers.solve", description=__doc__.splitlines()[0])
     parser.add_argument("--write-defaults", metavar="DIR", help="write the committed default solvers to DIR")
     parser.add_argument("--manifest", help="dataset manifest.json: print the schedule for it")
@@ -143,5 +143,10 @@ def main(argv=None):
         raise InputError(str(err)) from None
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -252,7 +252,7 @@ def test_a_gradient_mask_file_stops_the_folder_command(tmp_path):
 @pytest.mark.parametrize("args, phrase", [
     ([*SYNTH, "--patch-size", 100], "multiple of 8"),
     ([*SYNTH, "--patch-size", 4], "multiple of 8"),
-    ([*SYNTH, "--test-fraction", 1.5], "[0, 1]"),
+    ([*SYNTH, "--test-fraction", 1.5], "(0, 1]"), ([*SYNTH, "--test-fraction", 0], "(0, 1]"),
     ([*SYNTH, "--simplex-fraction", -0.2], "[0, 1]"),
     ([*SYNTH, "--n-images", 1], "at least 2"),
     ([*SYNTH, "--n-train", 0], "positive integer"),

@@ -1,6 +1,8 @@
 """data_prep: augmentation, patches, the HDF5/LMDB writers read back by Caffe, determinism, bad input."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -378,3 +380,20 @@ def test_mnfinder_subset(tmp_path, capsys):
         assert full["images/0"].shape == (576, 652)  # 768 x 869 at the default scale 0.75
         assert test["data"].shape == (4 * 5, 1, 128, 128)
         assert 0.05 < full["masks/0"][:].mean() < 0.4
+
+
+def test_simcep_cli_draws_the_images_of_make_data(tmp_path):
+    # One seeding scheme: `python -m simcep_py --seed S` plans exactly the source images `make data SEED=S` uses.
+    common = ["--seed", "3", "--n-images", "4", "--n-cells", "5:8"]
+    done = subprocess.run([sys.executable, "-m", "data_prep", "synthetic", *common, "--image-size", "128",
+                           "--n-train", "8", "--n-test", "4", "--format", "hdf5", "--out", str(tmp_path / "data")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-m", "simcep_py", *common, "--size", "128", "--quiet",
+                           "--out", str(tmp_path / "simcep")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    planned = json.loads((tmp_path / "data" / "manifest.json").read_text())["sources"]["images"]
+    written = json.loads((tmp_path / "simcep" / "simcep.json").read_text())["images"]
+    keys = ("seed", "n_cells", "split", "simplex_background")
+    assert [{k: r[k] for k in keys} for r in written] == [{k: p[k] for k in keys} for p in planned]
+    assert len({p["seed"] for p in planned}) == 4 and {p["split"] for p in planned} == {"train", "test"}

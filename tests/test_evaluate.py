@@ -1,4 +1,4 @@
-"""tools/evaluate.py and tools/table1.py end to end on a tiny dataset with random-weight models."""
+"""tools.evaluate and tools.table1 end to end on a tiny dataset with random-weight models."""
 import csv
 import json
 import subprocess
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import matthews_corrcoef
 
-from tools import evaluate as E
 from cellfcn.constants import METRICS
+from tools import evaluate as E
+from tools import infer
 from tools import metrics as M
 from tools import table1 as T
 
@@ -81,8 +82,8 @@ def _run(tool, *args):
 
 def test_predict_batches_match_single_forwards(workspace, caffe):
     split = E.load_split(workspace / "data" / "real" / "test.h5")
-    net = E.load_net(workspace / "runs" / "pretrain" / "final.caffemodel", DEPLOY)
-    prob = E.predict(net, split["data"], batch=4)  # 18 patches: the last batch holds 2
+    net = infer.load_model(workspace / "runs" / "pretrain" / "final.caffemodel")
+    prob = infer.predict(net, split["data"], batch=4)  # 18 patches: the last batch holds 2
     assert prob.shape == (18, P, P) and prob.dtype == np.float32
     for k in (0, 5, 17):
         net.blobs["data"].reshape(1, 1, P, P)
@@ -110,7 +111,7 @@ def test_evaluate_cli(workspace, tmp_path):
 
     # The written numbers agree with an independent computation from the network's output.
     split = E.load_split(data / "test.h5")
-    prob = E.predict(E.load_net(model, DEPLOY), split["data"], batch=18)
+    prob = infer.predict(infer.load_model(model), split["data"], batch=18)
     label = split["label"]
     pred = prob >= rec["threshold"]
     assert rec["mcc"] == pytest.approx(matthews_corrcoef(label.ravel(), pred.ravel()), abs=1e-9)
@@ -123,7 +124,8 @@ def test_evaluate_cli(workspace, tmp_path):
     assert float(rows[0]["fpr"]) == (1.0 if counts["fp"][0] else 0.0)
 
     # A fixed threshold is used as given (in-process: the same main() as the command line).
-    assert E.main(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "f"), "--threshold", "0.4"]) == 0
+    assert E.main(["--model", str(model), "--data", str(data), "--out", str(tmp_path / "f"),
+                            "--threshold", "0.4"]) == 0
     rec = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert rec["threshold"] == 0.4 and rec["protocol"] == "fixed"
     assert rec["tp"] == np.count_nonzero((prob >= 0.4) & label)
@@ -153,12 +155,14 @@ def test_evaluate_bad_input(workspace, tmp_path, caffe, capsys):
         (["--model", model, "--data", tmp_path / "nowhere"], "data file not found"),
         (["--model", model, "--data", bad], "multiple of 8"),
         (["--model", model, "--data", bad, "--split", "val"], "label shape"),
-        (["--model", model, "--data", workspace / "data" / "real", "--threshold", "1.5"], "threshold"),
     ]
     for args, message in cases:
         assert E.main([*map(str, args), "--out", str(tmp_path / "out")]) == 1, args
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    with pytest.raises(SystemExit) as usage:  # a value out of range is a usage error
+        E.main(["--model", str(model), "--data", str(real), "--threshold", "1.5", "--out", str(tmp_path / "out")])
+    assert usage.value.code == 2 and "--threshold must lie in [0, 1]" in capsys.readouterr().err
     proc = _run("evaluate.py", *cases[1][0], "--out", tmp_path / "out")  # the exit status of the command
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "not a caffemodel" in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -197,8 +201,8 @@ def test_table1_end_to_end(workspace, tmp_path):
 
     # The validation threshold is the MCC-optimal one of the val split, applied to the test set.
     val = E.load_split(workspace / "data" / "real" / "val.h5")
-    net = E.load_net(workspace / "runs" / "pretrain" / "final.caffemodel", DEPLOY)
-    t_val, _ = M.best_threshold(M.confusion_counts(E.predict(net, val["data"]), val["label"]))
+    net = infer.load_model(workspace / "runs" / "pretrain" / "final.caffemodel")
+    t_val, _ = M.best_threshold(M.confusion_counts(infer.predict(net, val["data"]), val["label"]))
     assert by_name["ours: before, t from val"]["threshold"] == t_val
 
     # Otsu row: skimage's threshold per whole image, scored on the test patch pixels only.
@@ -216,10 +220,25 @@ def test_table1_end_to_end(workspace, tmp_path):
     assert otsu["ci"]["mcc"][0] <= otsu["mcc"] <= otsu["ci"]["mcc"][1]
     assert otsu["mcc"] > 0.5  # a sanity check of alignment: Otsu nearly recovers 'bright = cell'
 
+    # Rows are keyed by model, split and protocol, which figures and report look up.
+    assert T.find_row(table, "after", "real_test", "val-threshold") == by_name["ours: after, t from val"]
+    assert table["schema_version"] == T.TABLE1_SCHEMA
+
+    # The whole-image segmentations the report shows are made here, by the only stage that runs the net.
+    seg = json.loads((out / "segment" / "segment.json").read_text())
+    assert seg["threshold"] == by_name["ours: after, t from val"]["threshold"] and len(seg["images"]) == 2
+    assert all((out / "segment" / r["files"]["overlay"]).is_file() for r in seg["images"])
+
     # Same inputs, same seed: identical outputs.
     assert T.main([*map(str, args), "--out", str(tmp_path / "b")]) == 0
     for name in ("table1.json", "table1.md", "probs_after.npy", "roc.png"):
         assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+    # Unchanged inputs: the stage returns at once and rewrites nothing; a changed model recomputes.
+    stamp = (out / "table1.json").stat().st_mtime_ns
+    again = _run("table1.py", *args, "--out", out)
+    assert again.returncode == 0 and "up to date" in again.stderr and again.stdout == proc.stdout
+    assert (out / "table1.json").stat().st_mtime_ns == stamp
 
 
 def test_table1_bad_input(workspace, tmp_path):

@@ -39,19 +39,19 @@ def _temporaries(folder):
 # ------------------------------------------------------------------------------ weights of another net
 @pytest.fixture(scope="module")
 def foreign_models(caffe, tmp_path_factory):
-    """A model of an unrelated net (other layer names) and one of FCRN-A with conv4 halved (other shapes)."""
+    """A model of an unrelated net (other layer names) and one of FCRN-A with conv7 halved (other shapes)."""
     folder = tmp_path_factory.mktemp("models")
     n = caffe.NetSpec()
     n.data = caffe.layers.Input(shape=dict(dim=[1, 1, 16, 16]))
     n.other = caffe.layers.Convolution(n.data, num_output=4, kernel_size=3, weight_filler=dict(type="xavier"))
     caffe_env.net_from_param(n.to_proto()).save(str(folder / "renamed.caffemodel"))
     param = net.deploy_net()
-    next(layer for layer in param.layer if layer.name == "conv4").convolution_param.num_output = 256
+    next(layer for layer in param.layer if layer.name == "conv7").convolution_param.num_output = 16
     caffe_env.net_from_param(param).save(str(folder / "reshaped.caffemodel"))
     return folder
 
 
-@pytest.mark.parametrize("model, layer", [("renamed", "conv1"), ("reshaped", "conv4")])
+@pytest.mark.parametrize("model, layer", [("renamed", "conv1"), ("reshaped", "conv7")])
 def test_segment_refuses_weights_of_another_net(foreign_models, tmp_path, model, layer):
     image = tmp_path / "cells.png"
     Image.fromarray((np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)).save(image)
@@ -60,7 +60,7 @@ def test_segment_refuses_weights_of_another_net(foreign_models, tmp_path, model,
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("model, layer", [("renamed", "conv1"), ("reshaped", "conv4")])
+@pytest.mark.parametrize("model, layer", [("renamed", "conv1"), ("reshaped", "conv7")])
 def test_finetune_refuses_weights_of_another_net_before_caffe_runs(foreign_models, tmp_path, model, layer):
     real = make_dataset(tmp_path / "real", "real", n_train=8, n_test=4)
     out = tmp_path / "finetune"

@@ -35,5 +35,6 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode == 0
     assert "pretrain: up to date" in again.stdout and "finetune: up to date" in again.stdout
+    assert "evaluate: up to date" in again.stderr and "index.html (up to date)" in again.stdout
     again_stages = [line.split("\t")[0] for line in (runs / "timings.tsv").read_text().splitlines()]
     assert sorted(again_stages) == sorted(stages)  # one line per stage: the latest run replaces the earlier

@@ -1,4 +1,5 @@
-"""tools/segment.py, tools/figures.py and tools/report.py with random-weight FCRN-A models on tiny datasets."""
+"""tools.infer (tiles), tools.segment, tools.figures and tools.report with random-weight FCRN-A models on tiny
+datasets; the report reads the outputs of a real tools.table1 run."""
 import json
 import re
 import subprocess
@@ -9,13 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
 from cellfcn import caffe_env
-from tools import figures, report, segment
+from tools import figures, infer, segment
 from tools.metrics import binary_scores
 
-DEPLOY = REPO / "prototxt" / "deploy.prototxt"
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = infer.DEPLOY
 FIXTURE_LOG = REPO / "tests" / "data" / "caffe_train.log"
 P = 128
 
@@ -59,43 +59,43 @@ def blobs(shape, rng, n=6, radius=(4, 12)):
 def test_odd_size_is_padded_and_cropped(net):
     rng = np.random.default_rng(1)
     image, _ = blobs((100, 130), rng)
-    prob = segment.segment(net, image)
+    prob = infer.segment_image(net, image)
     assert prob.shape == (100, 130) and prob.dtype == np.float32
     assert np.all((prob >= 0) & (prob <= 1))
-    padded = segment.pad_to_multiple(image)
+    padded = infer.pad_to_multiple(image)
     assert padded.shape == (104, 136)
     np.testing.assert_array_equal(padded[100:, :130], image[99:95:-1])  # mirrored rows below the image
-    np.testing.assert_array_equal(prob, segment.forward(net, padded)[:100, :130])
+    np.testing.assert_array_equal(prob, infer.forward_image(net, padded)[:100, :130])
     assert prob.std() > 1e-4  # a net whose output ignored the input would make this test meaningless
 
 
 def test_tiny_image(net):
-    prob = segment.segment(net, np.full((3, 5), 0.5, np.float32))
+    prob = infer.segment_image(net, np.full((3, 5), 0.5, np.float32))
     assert prob.shape == (3, 5)
 
 
 def test_tiling_equals_one_pass(net):
     rng = np.random.default_rng(2)
     image, _ = blobs((203, 261), rng, n=12)
-    whole = segment.segment(net, image, tile=1024)
-    tiled = segment.segment(net, image, tile=160)  # cores of 80 px: 3 x 4 windows
-    assert len(segment.windows(208, 160)) == 3 and len(segment.windows(264, 160)) == 4
+    whole = infer.segment_image(net, image, tile=1024)
+    tiled = infer.segment_image(net, image, tile=160)  # cores of 80 px: 3 x 4 windows
+    assert len(infer.windows(208, 160)) == 3 and len(infer.windows(264, 160)) == 4
     np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
     # The margin is what makes it exact: without enough context the seams differ.
-    seams = segment.segment(net, image, tile=160, margin=16)
+    seams = infer.segment_image(net, image, tile=160, margin=16)
     assert np.abs(seams - whole).max() > 1e-4
 
 
 def test_default_tile_splits_a_large_image(net):
     rng = np.random.default_rng(3)
     image, _ = blobs((530, 36), rng)
-    assert len(segment.windows(536, segment.TILE)) == 2
-    np.testing.assert_allclose(segment.segment(net, image), segment.segment(net, image, tile=1024), atol=1e-5)
+    assert len(infer.windows(536, infer.TILE)) == 2
+    np.testing.assert_allclose(infer.segment_image(net, image), infer.segment_image(net, image, tile=1024), atol=1e-5)
 
 
 def test_windows_partition_the_axis():
     for length in (8, 512, 520, 1000, 2048):
-        cores = segment.windows(length, 512, 40)
+        cores = infer.windows(length, 512, 40)
         covered = np.zeros(length, int)
         for w0, w1, c0, c1 in cores:
             assert w0 % 8 == 0 and w1 % 8 == 0 and w0 <= c0 < c1 <= w1 and w1 - w0 <= 512
@@ -106,11 +106,11 @@ def test_windows_partition_the_axis():
 
 def test_bad_arguments(net):
     with pytest.raises(ValueError):
-        segment.segment(net, np.zeros((4, 4, 3), np.float32))
+        infer.segment_image(net, np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError):
-        segment.segment(net, np.full((8, 8), np.nan, np.float32))
+        infer.segment_image(net, np.full((8, 8), np.nan, np.float32))
     with pytest.raises(ValueError):
-        segment.segment(net, np.zeros((8, 8), np.float32), tile=100)
+        infer.segment_image(net, np.zeros((8, 8), np.float32), tile=100)
 
 
 def test_postprocess_removes_small_objects():
@@ -279,6 +279,7 @@ def fake_runs(root, model):
                 origin.append((y, x))
     _write_split(real / "test.h5", np.stack(data), np.stack(label), source_index=np.array(index, np.int32),
                  origin=np.array(origin, np.int32))
+    _write_split(real / "val.h5", np.stack(data[::-1]), np.stack(label[::-1]))
     with h5py.File(real / "test_full.h5", "w") as f:
         for i, (image, mask) in enumerate(images):
             f[f"images/{i}"] = image
@@ -297,21 +298,10 @@ def fake_runs(root, model):
         (d / "final.caffemodel").write_bytes(Path(model).read_bytes())
         (d / "run.json").write_text(json.dumps({"stage": stage, "iters_per_epoch": ipe, "epochs": 6, "seconds": 1.5}))
         (d / "solver.prototxt").write_text('base_lr: 0.01\nlr_policy: "step"\nrandom_seed: 0\n')
-    (runs / "eval").mkdir()
-    metrics = dict(specificity=0.9, precision=0.6, recall=0.5, accuracy=0.88, f_score=0.55, mcc=0.5, auc=0.9)
-    ci = {k: [v - 0.05, v + 0.05] for k, v in metrics.items()}
-    rows = [{"name": "ours: before, t* on test", "protocol": "test-optimal", "threshold": 0.4, **metrics, "ci": ci},
-            {"name": "ours: after, t* on test", "protocol": "test-optimal", "threshold": 0.6, **metrics, "ci": ci},
-            {"name": "ours: after, t from val", "protocol": "val-threshold", "threshold": 0.55, **metrics, "ci": ci},
-            {"name": "Otsu per whole image", "protocol": "otsu-per-image", "threshold": None, **metrics,
-             "auc": None, "ci": {}}]
-    paper = [{"name": "paper: before fine-tuning", "protocol": "test-optimal", "threshold": 0.25,
-              "specificity": 0.96, "precision": 0.58, "recall": 0.52, "accuracy": 0.91, "f_score": 0.55, "mcc": 0.5,
-              "auc": None},
-             {"name": "paper: after fine-tuning", "protocol": "test-optimal", "threshold": 0.67, "specificity": 0.98,
-              "precision": 0.81, "recall": 0.73, "accuracy": 0.95, "f_score": 0.77, "mcc": 0.74, "auc": None}]
-    (runs / "eval" / "table1.json").write_text(json.dumps({"rows": rows, "paper": paper}))
-    _write_png(runs / "eval" / "roc.png", np.full((40, 60, 3), 200, np.uint8))
+    # make evaluate's outputs, written by the real stage.
+    done = subprocess.run([sys.executable, "-m", "tools.table1", "--runs", str(runs), "--data", str(runs / "data"),
+                           "--out", str(runs / "eval"), "--bootstrap", "50"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
     return runs
 
 
@@ -331,10 +321,19 @@ def test_report_end_to_end(model, tmp_path):
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) >= 7 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "href=" not in page
-    for text in ("Table 1", "paper, after", "0.740", "ours, after", "Otsu per whole image", "base_lr: 0.01",
-                 "Caffe version", "BLAS", "ab" * 32, "test-data/img0.tif", "[0.450, 0.550]"):
+    table = json.loads((runs / "eval" / "table1.json").read_text())
+    after = next(r for r in table["rows"] if (r["model"], r["protocol"]) == ("after", "val-threshold"))
+    mcc = f"{after['mcc']:.3f} [{after['ci']['mcc'][0]:.3f}, {after['ci']['mcc'][1]:.3f}]"
+    for text in ("Table 1", "paper: after fine-tuning", "0.740", "ours: after, t from val", mcc,
+                 "Otsu per whole image", "base_lr: 0.01", "Caffe version", "BLAS", "ab" * 32, "test-data/img0.tif"):
         assert text in page and text in md, text
     assert not [p for p in runs.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    # Unchanged inputs: nothing is rebuilt.
+    stamp = (out / "index.html").stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-m", "tools.report", "--runs", str(runs), "--out", str(out)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert (out / "index.html").stat().st_mtime_ns == stamp
 
 
 def test_report_missing_input(model, tmp_path):

@@ -14,8 +14,7 @@ from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 
 from simcep_py import SimcepParams, simulate
-from cellfcn import cli
-from simcep_py.__main__ import main as _main
+from simcep_py.__main__ import main
 from simcep_py.dataset import plan_images
 from simcep_py.measurement import add_blurred, blur_pad, energy_matched, simplex_field
 from simcep_py.placement import intersection, overlap_fraction
@@ -304,10 +303,6 @@ def test_simulate_rejects_bad_arguments(kwargs, words):
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------
-
-def main(argv):
-    return cli.run(_main, argv)
-
 
 def test_cli_writes_images_masks_json_and_preview(tmp_path):
     out, preview = tmp_path / "syn", tmp_path / "preview.png"

@@ -309,7 +309,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def _main(argv=None):
     args = parse_args(argv)
     split = load_split(Path(args.data) / f"{args.split}.h5")
     net = infer.load_model(args.model, args.deploy, args.gpu)
@@ -321,5 +321,10 @@ def main(argv=None):
     print(markdown_table(*table_cells([dict(record, name=Path(args.model).stem)])), end="")
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -206,7 +206,7 @@ def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02):
     return captions
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.figures", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs", help="runs folder (with eval/ from make evaluate)")
     parser.add_argument("--data", help="data folder with synthetic/ and real/ (default: RUNS/data)")
@@ -223,5 +223,10 @@ def main(argv=None):
         print(f"{out / name}: {caption}")
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -217,7 +217,7 @@ def read_log(path):
     return train, test
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.parse_log", description=__doc__.splitlines()[0])
     parser.add_argument("log", help="Caffe training log (e.g. runs/pretrain/train.log)")
     parser.add_argument("--out", help="CSV to write (default: print to stdout)")
@@ -232,5 +232,10 @@ def main(argv=None):
         writer.writerows(rows)
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

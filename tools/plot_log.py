@@ -112,7 +112,7 @@ def plot_stages(stages, out, title="Training logs"):
     save_figure(fig, out, dpi=100)
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.plot_log", description=__doc__.splitlines()[0])
     parser.add_argument("--log", action="append", required=True,
                         help="training log, once per stage in order (e.g. runs/pretrain/train.log)")
@@ -131,5 +131,10 @@ def main(argv=None):
     print(f"wrote {args.out}")
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -355,7 +355,7 @@ def write_report(runs, out, data=None, force=False):
     return out, True
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs", help="runs folder (default: %(default)s)")
     parser.add_argument("--data", help="datasets folder (default: RUNS/data)")
@@ -366,5 +366,10 @@ def main(argv=None):
     print(f"Report: {out / 'index.html'}" + ("" if written else " (up to date)"))
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

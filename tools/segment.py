@@ -253,7 +253,7 @@ def check_distinct_outputs(paths):
             seen[stem] = path
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.segment", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="TIFF/PNG image (normalised like the training data), or a whole-image HDF5 file "
@@ -312,5 +312,10 @@ def main(argv=None):
                                             "percentiles": list(percentiles), "images": results})
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

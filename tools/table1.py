@@ -342,9 +342,14 @@ def run(args):
     return text
 
 
-def main(argv=None):
+def _main(argv=None):
     print(run(parse_args(argv)), end="")
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

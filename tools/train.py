@@ -168,7 +168,7 @@ def train(args):
     return final
 
 
-def main(argv=None):
+def _main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tools.train", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
     parser.add_argument("--data", required=True, help="dataset folder with manifest.json (make data)")
@@ -206,5 +206,10 @@ def _nonnegative(text):
     return value
 
 
+def main(argv=None):
+    """Run the command; return its exit status (see cellfcn.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())
