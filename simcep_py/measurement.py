@@ -34,7 +34,9 @@ def depth_groups(coverage, masks, origins):
         Group indices 0..g-1.
     """
     labels, _ = ndimage.label(coverage, structure=np.ones((3, 3), dtype=bool))
-    component = [labels[y:y + m.shape[0], x:x + m.shape[1]][m].max(initial=0) for m, (y, x) in zip(masks, origins)]
+    # An object is connected, so any one of its pixels names its component (0 for an empty mask).
+    first = [divmod(int(np.argmax(m)), m.shape[1]) for m in masks]
+    component = [labels[y + r, x + c] if m.any() else 0 for m, (y, x), (r, c) in zip(masks, origins, first)]
     return np.unique(np.asarray(component, dtype=np.intp), return_inverse=True)[1].reshape(-1)
 
 
@@ -78,7 +80,10 @@ def blur_pad(sigma, window=0):
 
 def gaussian_kernel(sigma, window=0):
     """Normalised 1-D Gaussian of ``sigma`` sampled on ``window`` pixels (odd), or cut at
-    ``BLUR_TRUNCATE`` sigmas when ``window`` is 0. A window narrower than the Gaussian caps its spread."""
+    ``BLUR_TRUNCATE`` sigmas when ``window`` is 0. A window narrower than the Gaussian caps its spread.
+    Sigma 0 gives the identity ``[1.0]``."""
+    if sigma <= 0:
+        return np.ones(1)
     pad = blur_pad(sigma, window)
     x = np.arange(-pad, pad + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (x / sigma) ** 2)
@@ -91,18 +96,18 @@ def kernel_spread(kernel):
     return float(np.sqrt(np.sum(kernel * x ** 2)))
 
 
-def add_blurred(canvas, patch, origin, sigma, window=0):
-    """Add ``patch`` blurred by its own Gaussian ``sigma`` into ``canvas`` at ``origin`` (in place).
+def add_blurred(canvas, patch, origin, kernel):
+    """Add ``patch`` blurred by its own separable ``kernel`` into ``canvas`` at ``origin`` (in place).
 
     Blurring each object's patch separately before the sum is the spatially varying blur: the sum of
-    the blurred objects equals blurring the ideal image with each object's own kernel. ``canvas`` must
-    have room for ``blur_pad(sigma, window)`` pixels around the patch.
+    the blurred objects equals blurring the ideal image with each object's own kernel. ``kernel`` is
+    1-D, odd-sized and applied along both axes (e.g. :func:`gaussian_kernel`); ``canvas`` must have room
+    for half its size around the patch.
     """
-    pad = blur_pad(sigma, window) if sigma > 0 else 0
+    pad = kernel.size // 2
     padded = np.zeros((patch.shape[0] + 2 * pad, patch.shape[1] + 2 * pad), dtype=canvas.dtype)
     padded[pad:pad + patch.shape[0], pad:pad + patch.shape[1]] = patch
-    if sigma > 0:
-        kernel = gaussian_kernel(sigma, window)
+    if kernel.size > 1:
         padded = ndimage.correlate1d(padded, kernel, axis=0, mode="constant")
         padded = ndimage.correlate1d(padded, kernel, axis=1, mode="constant")
     y, x = origin[0] - pad, origin[1] - pad

@@ -113,9 +113,9 @@ def _region_stats(mask, origin, shape):
     return area, (float(rows @ np.arange(y0, y1)) / area, float(cols @ np.arange(x0, x1)) / area)
 
 
-def _features(cells, sigmas, groups, window, shape, target):
+def _features(cells, sigmas, groups, spreads, shape, target):
     features = []
-    for cell, sigma, group in zip(cells, sigmas, groups):
+    for cell, sigma, group, spread in zip(cells, sigmas, groups, spreads):
         n_area, n_centroid = _region_stats(cell.nucleus, cell.origin, shape)
         c_area, c_centroid = _region_stats(cell.cell, cell.origin, shape)
         area, centroid = (n_area, n_centroid) if target == "nuclei" else (c_area, c_centroid)
@@ -123,7 +123,7 @@ def _features(cells, sigmas, groups, window, shape, target):
                          "nucleus_centroid": n_centroid, "nucleus_area": n_area,
                          "cell_centroid": c_centroid, "cell_area": c_area,
                          "cluster": cell.cluster, "sigma": float(sigma), "blur_group": int(group),
-                         "blur_spread": measurement.kernel_spread(measurement.gaussian_kernel(sigma, window))})
+                         "blur_spread": spread})
     return features
 
 
@@ -159,6 +159,8 @@ def _render_channel(cells, masks, params, shape, half, rng):
         Blur sigma per object.
     groups : (n,) intp
         Defocus group per object.
+    spreads : list of float
+        Standard deviation of each object's blur kernel (its effective sigma).
     """
     height, width = shape
     window = params.blur_window
@@ -175,7 +177,8 @@ def _render_channel(cells, masks, params, shape, half, rng):
                                       params.blur_relative_depth, rng["blur"])
     textures, texture_half = _object_textures(cells, params, rng["texture"])
     shift = half - texture_half  # frame of the masks -> frame of the textures (same centre)
-    for (y, x), mask, texture, sigma in zip(origins, masks, textures, sigmas):
+    kernels = [measurement.gaussian_kernel(sigma, window) for sigma in sigmas]
+    for (y, x), mask, texture, kernel in zip(origins, masks, textures, kernels):
         rows, cols = _crop_to_mask(mask)
         y, x = y + rows.start, x + cols.start
         sub = mask[rows, cols]
@@ -183,10 +186,10 @@ def _render_channel(cells, masks, params, shape, half, rng):
         tex = texture[rows.start - shift:rows.stop - shift, cols.start - shift:cols.stop - shift]
         patch = np.where(sub, tex / np.maximum(overlaps, 1), 0.0)
         sharp[y:y + sub.shape[0], x:x + sub.shape[1]] += patch
-        measurement.add_blurred(canvas, patch, (y, x), sigma, window)
+        measurement.add_blurred(canvas, patch, (y, x), kernel)
     inside = (slice(offset, offset + height), slice(offset, offset + width))
     sharp_energy = float(np.sum(np.square(sharp[inside], dtype=np.float64)))
-    return canvas[inside], sharp_energy, sigmas, groups
+    return canvas[inside], sharp_energy, sigmas, groups, [measurement.kernel_spread(k) for k in kernels]
 
 
 def _background(shape, cell_energy, params, rng):
@@ -236,7 +239,8 @@ def simulate(shape, n_cells, seed, params=None, simplex_background=False):
     cells = place_cells(shape, int(n_cells), params, rng["placement"])
     half = frame_half(params)
     target_masks = [c.nucleus if params.target == "nuclei" else c.cell for c in cells]
-    cells_layer, sharp_energy, sigmas, groups = _render_channel(cells, target_masks, params, shape, half, rng)
+    cells_layer, sharp_energy, sigmas, groups, spreads = _render_channel(cells, target_masks, params, shape,
+                                                                         half, rng)
 
     cell_energy = (sharp_energy if params.background_reference == "sharp"
                    else float(np.sum(np.square(cells_layer, dtype=np.float64))))
@@ -268,7 +272,7 @@ def simulate(shape, n_cells, seed, params=None, simplex_background=False):
 
     return Simulation(image=image, mask=mask, nuclei_mask=nuclei_mask, cell_mask=cell_mask,
                       nuclei_labels=nuclei_labels, cell_labels=cell_labels,
-                      features=_features(cells, sigmas, groups, params.blur_window, shape, params.target),
+                      features=_features(cells, sigmas, groups, spreads, shape, params.target),
                       objects=cells,
                       params=params, seed=int(seed), n_cells=int(n_cells),
                       simplex_background=bool(simplex_background))

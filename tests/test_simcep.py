@@ -16,7 +16,7 @@ from skimage.draw import polygon as draw_polygon
 from simcep_py import SimcepParams, simulate
 from simcep_py.__main__ import main
 from simcep_py.dataset import image_seed, simplex_choice
-from simcep_py.measurement import add_blurred, blur_pad, energy_matched, simplex_field
+from simcep_py.measurement import add_blurred, blur_pad, energy_matched, gaussian_kernel, simplex_field
 from simcep_py.placement import intersection, overlap_fraction
 from simcep_py.shapes import fill_curve, random_knots, shape_mask, spline_curve
 from simcep_py.texture import perlin_texture, resize
@@ -118,7 +118,7 @@ def test_energy_matching_and_blur_conserve_what_they_should():
     peaks = []
     for sigma in (0.5, 2.0, 5.0):
         canvas = np.zeros((60, 60))
-        add_blurred(canvas, patch, (25, 25), sigma)
+        add_blurred(canvas, patch, (25, 25), gaussian_kernel(sigma))
         assert np.isclose(canvas.sum(), patch.sum(), rtol=0.01), "blur keeps the object's intensity"
         peaks.append(canvas.max())
     assert peaks[0] > peaks[1] > peaks[2], "a deeper object is more blurred"

@@ -103,7 +103,7 @@ def test_blur_window_caps_the_effective_spread():
     assert kernel_spread(gaussian_kernel(5.0, 0)) == pytest.approx(4.9, abs=0.1)
     # The blur actually applied: an impulse spreads by the capped amount and stays inside the window.
     canvas = np.zeros((21, 21))
-    add_blurred(canvas, np.ones((1, 1)), (10, 10), 5.0, 9)
+    add_blurred(canvas, np.ones((1, 1)), (10, 10), gaussian_kernel(5.0, 9))
     assert canvas.sum() == pytest.approx(1.0)
     assert not canvas[:6].any() and not canvas[15:].any()
     offsets = np.arange(21) - 10
