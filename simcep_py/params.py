@@ -61,6 +61,8 @@ class SimcepParams:
         ``(alpha, beta)``: random radial and angular perturbation of the 11 spline knots.
     nucleus_texture, cytoplasm_texture, background_texture : tuple
         ``(persistence p, first octave n1, octave count n2, base level b)`` of the Perlin-style texture.
+        The background (autofluorescence) default ``(1.0, 1, 2, 0.0)`` is SIMCEP's: two equally weighted
+        coarse octaves, 2 and 4 cells across the image.
     clustprob : float
         Probability that a cell is placed near a cluster centre rather than uniformly, in [0, 1].
     clust : int
