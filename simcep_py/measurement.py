@@ -16,45 +16,98 @@ from .texture import perlin_texture, resize
 BLUR_TRUNCATE = 3.0
 
 
-def depth_sigmas(n, depth_std, sigma_range, rng):
-    """Blur sigma per object from its focal depth ``|N(0, depth_std)|``.
+def depth_groups(coverage, masks, origins):
+    """Group index per object: objects whose pixels touch (8-connected) share a group.
 
-    Depth 0 maps to ``sigma_range[0]``, depth 1 and beyond to ``sigma_range[1]``, linearly in between.
+    Parameters
+    ----------
+    coverage : (H, W) bool
+        Union of the object masks on a canvas that holds every mask whole.
+    masks : sequence of bool ndarray
+        Object masks in their frames.
+    origins : sequence of (int, int)
+        Canvas coordinates of each frame's top-left pixel.
+
+    Returns
+    -------
+    groups : (n,) intp
+        Group indices 0..g-1.
+    """
+    labels, _ = ndimage.label(coverage, structure=np.ones((3, 3), dtype=bool))
+    # An object is connected, so any one of its pixels names its component (0 for an empty mask).
+    first = [divmod(int(np.argmax(m)), m.shape[1]) for m in masks]
+    component = [labels[y + r, x + c] if m.any() else 0 for m, (y, x), (r, c) in zip(masks, origins, first)]
+    return np.unique(np.asarray(component, dtype=np.intp), return_inverse=True)[1].reshape(-1)
+
+
+def depth_sigmas(groups, depth_std, sigma_range, relative, rng):
+    """Blur sigma per object from the focal depth ``|N(0, depth_std)|`` of its group.
+
+    With ``relative`` the depths are divided by the largest one drawn (SIMCEP), so the deepest group
+    gets ``sigma_range[1]``; otherwise depths beyond 1 are clipped to 1. Depth 0 maps to
+    ``sigma_range[0]``, linearly in between.
+
+    Parameters
+    ----------
+    groups : (n,) int array
+        Group index of each object, 0..g-1 (``arange(n)`` for one depth per object).
+    depth_std : float
+    sigma_range : (float, float)
+    relative : bool
+    rng : numpy.random.Generator
 
     Returns
     -------
     sigmas : (n,) float64
     """
-    depth = np.abs(rng.normal(0.0, depth_std, size=n)) if depth_std > 0 else np.zeros(n)
+    groups = np.asarray(groups, dtype=np.intp)
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    depth = np.abs(rng.normal(0.0, depth_std, size=n_groups)) if depth_std > 0 else np.zeros(n_groups)
+    if relative:
+        deepest = depth.max(initial=0.0)
+        depth = depth / deepest if deepest > 0 else depth
+    else:
+        depth = np.minimum(depth, 1.0)
     low, high = sigma_range
-    return low + (high - low) * np.minimum(depth, 1.0)
+    return low + (high - low) * depth[groups]
 
 
-def blur_pad(sigma):
-    """Pixels a Gaussian of this sigma spreads beyond an object's patch."""
-    return int(math.ceil(BLUR_TRUNCATE * sigma))
+def blur_pad(sigma, window=0):
+    """Pixels a blur kernel spreads beyond an object's patch: half the window, or
+    ``BLUR_TRUNCATE`` sigmas of a full Gaussian when ``window`` is 0."""
+    return window // 2 if window else int(math.ceil(BLUR_TRUNCATE * sigma))
 
 
-def gaussian_kernel(sigma):
-    """Normalised 1-D Gaussian of ``sigma`` cut at ``BLUR_TRUNCATE`` sigmas (odd length)."""
-    pad = blur_pad(sigma)
+def gaussian_kernel(sigma, window=0):
+    """Normalised 1-D Gaussian of ``sigma`` sampled on ``window`` pixels (odd), or cut at
+    ``BLUR_TRUNCATE`` sigmas when ``window`` is 0. A window narrower than the Gaussian caps its spread.
+    Sigma 0 gives the identity ``[1.0]``."""
+    if sigma <= 0:
+        return np.ones(1)
+    pad = blur_pad(sigma, window)
     x = np.arange(-pad, pad + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()
 
 
-def add_blurred(canvas, patch, origin, sigma):
-    """Add ``patch`` blurred by its own Gaussian ``sigma`` into ``canvas`` at ``origin`` (in place).
+def kernel_spread(kernel):
+    """Standard deviation in pixels of a normalised, centred 1-D kernel: its effective sigma."""
+    x = np.arange(kernel.size) - kernel.size // 2
+    return float(np.sqrt(np.sum(kernel * x ** 2)))
+
+
+def add_blurred(canvas, patch, origin, kernel):
+    """Add ``patch`` blurred by its own separable ``kernel`` into ``canvas`` at ``origin`` (in place).
 
     Blurring each object's patch separately before the sum is the spatially varying blur: the sum of
-    the blurred objects equals blurring the ideal image with each object's own kernel. ``canvas`` must
-    have room for ``blur_pad(sigma)`` pixels around the patch.
+    the blurred objects equals blurring the ideal image with each object's own kernel. ``kernel`` is
+    1-D, odd-sized and applied along both axes (e.g. :func:`gaussian_kernel`); ``canvas`` must have room
+    for half its size around the patch.
     """
-    pad = blur_pad(sigma) if sigma > 0 else 0
+    pad = kernel.size // 2
     padded = np.zeros((patch.shape[0] + 2 * pad, patch.shape[1] + 2 * pad), dtype=canvas.dtype)
     padded[pad:pad + patch.shape[0], pad:pad + patch.shape[1]] = patch
-    if sigma > 0:
-        kernel = gaussian_kernel(sigma)
+    if kernel.size > 1:
         padded = ndimage.correlate1d(padded, kernel, axis=0, mode="constant")
         padded = ndimage.correlate1d(padded, kernel, axis=1, mode="constant")
     y, x = origin[0] - pad, origin[1] - pad
@@ -62,7 +115,8 @@ def add_blurred(canvas, patch, origin, sigma):
 
 
 def illumination_field(shape, max_shift, rng):
-    """Radial bowl ``1 - (X^2 + Y^2) / max`` brightest at a centre shifted by up to ``max_shift`` x size.
+    """Radial bowl ``1 - (X^2 + Y^2) / max`` brightest at the image centre shifted at random by up to
+    ``max_shift`` x size (0: centred, SIMCEP's default of no misalignment).
 
     Returns
     -------
@@ -133,9 +187,12 @@ def ccd_noise(image, variance, rng):
 
 
 def jpeg_artefacts(image, comp):
-    """Round-trip an image in [0, 1] through 8-bit JPEG at quality ``round(100 * (1 - comp))``."""
-    if comp <= 0:
-        return image
+    """Round-trip an image in [0, 1] through 8-bit JPEG at quality ``round(100 * (1 - comp))``.
+
+    Returns
+    -------
+    float32 ndarray in [0, 1], multiples of 1/255 (the decoded 8-bit values / 255)
+    """
     quality = max(1, int(round(100 * (1 - comp))))
     buffer = io.BytesIO()
     Image.fromarray(np.round(image * 255).astype(np.uint8)).save(buffer, format="JPEG", quality=quality)

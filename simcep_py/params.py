@@ -8,6 +8,12 @@ import numbers
 from dataclasses import dataclass
 
 TARGETS = ("nuclei", "cells")
+BACKGROUND_REFERENCES = ("sharp", "blurred")
+# simcep_py's measurement model before it matched the original SIMCEP: random illumination shift, one
+# full Gaussian per object, peak-normalised float output without quantisation, fine autofluorescence.
+LEGACY_MEASUREMENT = {"illum_shift": 0.25, "blur_per_group": False, "blur_relative_depth": False,
+                      "blur_window": 0, "peak_normalise": True, "background_texture": (0.6, 2, 6, 0.0),
+                      "background_reference": "blurred", "jpeg_output": False}
 
 
 def _check(cond, message):
@@ -39,9 +45,13 @@ def _check_texture(name, value):
 class SimcepParams:
     """Parameters of one SIMCEP simulation; invalid values raise ``ValueError``.
 
-    Shape, texture, placement and measurement defaults follow the SIMCEP paper and tool. Values the
-    issue does not fix (``cytoplasm_radius``, ``clustprob``, ``clust``, ``overlap``, the background
-    texture and the simplex settings) are this project's choices, documented below.
+    Shape, texture, placement and measurement defaults follow the SIMCEP paper and tool; at the defaults
+    the measurement model reproduces the original Matlab code (centred illumination, one defocus depth per
+    group of touching objects through a 9x9 window, natural-scale sum clipped to [0, 1], coarse
+    autofluorescence, background energy matched to the sharp cells, 8-bit JPEG output). Values the
+    tool leaves to the user (``cytoplasm_radius``, ``clustprob``, ``clust``, ``overlap``) and the
+    simplex settings are this project's choices, documented below. The measurement model simcep_py
+    used before it matched the original is ``SimcepParams(**LEGACY_MEASUREMENT)``.
 
     Attributes
     ----------
@@ -51,6 +61,8 @@ class SimcepParams:
         ``(alpha, beta)``: random radial and angular perturbation of the 11 spline knots.
     nucleus_texture, cytoplasm_texture, background_texture : tuple
         ``(persistence p, first octave n1, octave count n2, base level b)`` of the Perlin-style texture.
+        The background (autofluorescence) default ``(1.0, 1, 2, 0.0)`` is SIMCEP's: two equally weighted
+        coarse octaves, 2 and 4 cells across the image.
     clustprob : float
         Probability that a cell is placed near a cluster centre rather than uniformly, in [0, 1].
     clust : int
@@ -65,16 +77,38 @@ class SimcepParams:
     illumscale, autofluorscale : float
         Energy (sum of squares) of the illumination bowl and of the autofluorescence texture relative
         to the energy of the cells, >= 0.
+    background_reference : {'sharp', 'blurred'}
+        Cell image whose energy the illumination and autofluorescence are matched to: the ideal
+        image before defocus (SIMCEP) or after it (about 6% dimmer background relative to the cells).
     illum_shift : float
-        Largest shift of the illumination centre from the image centre, as a fraction of the size.
+        Largest random shift of the illumination centre from the image centre, as a fraction of the
+        size, in [0, 0.5]. 0 (SIMCEP: no misalignment) centres the bowl.
     blur_depth_std : float
-        Each object's depth is ``|N(0, blur_depth_std)|``.
+        Each depth is ``|N(0, blur_depth_std)|``.
+    blur_per_group : bool
+        One depth per group of touching (8-connected) target objects, as SIMCEP; False draws one
+        depth per object.
+    blur_relative_depth : bool
+        Divide the depths by the image's largest, so the deepest group always gets the largest sigma
+        (SIMCEP); False clips each depth at 1 instead.
     blur_sigma_range : tuple of float
-        Gaussian sigma for depth 0 and for depth >= 1 (linear in between), in pixels.
+        Gaussian sigma for depth 0 and for (relative) depth 1, linear in between, in pixels.
+    blur_window : int
+        Side of the square window the Gaussian is sampled on and normalised over: 9 in SIMCEP, which
+        caps the kernel's effective spread near 2.4 px whatever the sigma. 0 uses the full Gaussian
+        (cut at ``measurement.BLUR_TRUNCATE`` sigmas). Odd, in [3, 61], or 0.
+    peak_normalise : bool
+        Divide the ideal image by its peak before the noise, so nothing saturates. False (SIMCEP)
+        keeps cells, illumination and autofluorescence at their natural scale; the noisy sum is clipped
+        to [0, 1], so the brightest few percent of nucleus pixels saturate.
     noise_var : float
         Variance of the additive Gaussian CCD noise (image scale [0, 1]).
+    jpeg_output : bool
+        Pass the image through an 8-bit JPEG at quality ``round(100 * (1 - comp))`` (100 by default),
+        as SIMCEP writes its output: ``image`` then holds multiples of 1/255. False keeps the
+        unquantised float image (``comp`` must then be 0).
     comp : float
-        JPEG compression in [0, 1): quality ``round(100 * (1 - comp))``; 0 disables JPEG.
+        JPEG compression in [0, 1).
     simplex_strength : float
         Peak of the simplex-noise background relative to the mean cell intensity (used only when
         ``simulate(..., simplex_background=True)``).
@@ -90,7 +124,7 @@ class SimcepParams:
     cytoplasm_shape: tuple = (0.3, 0.05)
     nucleus_texture: tuple = (0.5, 2, 5, 0.2)
     cytoplasm_texture: tuple = (0.9, 2, 8, 0.2)
-    background_texture: tuple = (0.6, 2, 6, 0.0)
+    background_texture: tuple = (1.0, 1, 2, 0.0)
     clustprob: float = 0.5
     clust: int = 5
     spatvar: float = 0.05
@@ -98,10 +132,16 @@ class SimcepParams:
     max_tries: int = 51
     illumscale: float = 1.0
     autofluorscale: float = 0.05
-    illum_shift: float = 0.25
+    background_reference: str = "sharp"
+    illum_shift: float = 0.0
     blur_depth_std: float = 0.5
+    blur_per_group: bool = True
+    blur_relative_depth: bool = True
     blur_sigma_range: tuple = (0.5, 5.0)
+    blur_window: int = 9
+    peak_normalise: bool = False
     noise_var: float = 1e-4
+    jpeg_output: bool = True
     comp: float = 0.0
     simplex_strength: float = 0.5
     simplex_scale: float = 0.3
@@ -149,7 +189,16 @@ class SimcepParams:
         s = self.blur_sigma_range
         _check(isinstance(s, tuple) and len(s) == 2 and all(_is_number(v) for v in s) and 0 <= s[0] <= s[1] <= 20,
                f"blur_sigma_range must be (low, high) with 0 <= low <= high <= 20, got {s!r}")
+        w = self.blur_window
+        _check(_is_int(w) and (w == 0 or (3 <= w <= 61 and w % 2 == 1)),
+               f"blur_window must be 0 or an odd integer in [3, 61], got {w!r}")
+        for name in ("blur_per_group", "blur_relative_depth", "peak_normalise", "jpeg_output"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        _check(self.background_reference in BACKGROUND_REFERENCES,
+               f"background_reference must be one of {BACKGROUND_REFERENCES}, got {self.background_reference!r}")
         _check(_is_number(self.comp) and 0 <= self.comp < 1, f"comp must be in [0, 1), got {self.comp!r}")
+        _check(self.jpeg_output or self.comp == 0, f"comp ({self.comp}) needs jpeg_output=True")
         _check(_is_number(self.simplex_scale) and 0 < self.simplex_scale <= 4,
                f"simplex_scale must be in (0, 4], got {self.simplex_scale!r}")
         _check(self.target in TARGETS, f"target must be one of {TARGETS}, got {self.target!r}")

@@ -27,7 +27,10 @@ class Simulation:
     Attributes
     ----------
     image : (H, W) float32 in [0, 1]
-        The simulated microscope image of the channel chosen by ``params.target``.
+        The simulated microscope image of the channel chosen by ``params.target``. With
+        ``params.jpeg_output`` (the default, as SIMCEP) it is the decoded 8-bit JPEG divided by 255:
+        every value is a multiple of 1/255 and ``np.round(image * 255).astype(np.uint8)`` is lossless.
+        Otherwise it is the unquantised noisy image.
     mask : (H, W) bool
         Binary ground truth of the target (``nuclei_mask`` or ``cell_mask``).
     nuclei_mask, cell_mask : (H, W) bool
@@ -38,7 +41,9 @@ class Simulation:
         One dict per placed cell: ``label``, ``centroid`` (row, col) and ``area`` (pixels) of the target
         object, the same for ``nucleus_*`` and ``cell_*``, ``cluster`` (-1 when placed uniformly) and
         the defocus ``sigma``. Areas and centroids are of each full shape inside the image, counting
-        overlapped pixels for both objects.
+        overlapped pixels for both objects. ``blur_group`` numbers the group of touching objects that
+        shares one defocus depth, ``blur_spread`` is the standard deviation (px) of the blur kernel
+        actually applied, at most the window's cap.
     objects : list of CellObject
         The placed cells with their full masks (for measuring overlaps).
     params : SimcepParams
@@ -108,16 +113,17 @@ def _region_stats(mask, origin, shape):
     return area, (float(rows @ np.arange(y0, y1)) / area, float(cols @ np.arange(x0, x1)) / area)
 
 
-def _features(cells, sigmas, shape, target):
+def _features(cells, sigmas, groups, spreads, shape, target):
     features = []
-    for cell, sigma in zip(cells, sigmas):
+    for cell, sigma, group, spread in zip(cells, sigmas, groups, spreads):
         n_area, n_centroid = _region_stats(cell.nucleus, cell.origin, shape)
         c_area, c_centroid = _region_stats(cell.cell, cell.origin, shape)
         area, centroid = (n_area, n_centroid) if target == "nuclei" else (c_area, c_centroid)
         features.append({"label": cell.label, "centroid": centroid, "area": area,
                          "nucleus_centroid": n_centroid, "nucleus_area": n_area,
                          "cell_centroid": c_centroid, "cell_area": c_area,
-                         "cluster": cell.cluster, "sigma": float(sigma)})
+                         "cluster": cell.cluster, "sigma": float(sigma), "blur_group": int(group),
+                         "blur_spread": spread})
     return features
 
 
@@ -140,26 +146,50 @@ def _object_textures(cells, params, rng):
                   mode="reflect"), half
 
 
-def _render_channel(cells, masks, params, shape, half, sigmas, rng):
-    """Sharp textured objects, intensity divided by the overlap count, each blurred by its own sigma."""
+def _render_channel(cells, masks, params, shape, half, rng):
+    """Sharp textured objects, intensity divided by the overlap count, each blurred by its group's sigma.
+
+    Returns
+    -------
+    layer : (H, W) float32
+        The blurred objects.
+    sharp_energy : float
+        Sum of squares of the objects before the blur.
+    sigmas : (n,) float64
+        Blur sigma per object.
+    groups : (n,) intp
+        Defocus group per object.
+    spreads : list of float
+        Standard deviation of each object's blur kernel (its effective sigma).
+    """
     height, width = shape
-    offset = half + measurement.blur_pad(params.blur_sigma_range[1])
+    window = params.blur_window
+    offset = half + measurement.blur_pad(params.blur_sigma_range[1], window)
     canvas = np.zeros((height + 2 * offset, width + 2 * offset), dtype=np.float32)
+    sharp = np.zeros_like(canvas)
     count = np.zeros(canvas.shape, dtype=np.int32)
-    for cell, mask in zip(cells, masks):
-        y, x = cell.origin[0] + offset, cell.origin[1] + offset
+    origins = [(cell.origin[0] + offset, cell.origin[1] + offset) for cell in cells]
+    for (y, x), mask in zip(origins, masks):
         count[y:y + mask.shape[0], x:x + mask.shape[1]] += mask
-    textures, texture_half = _object_textures(cells, params, rng)
+    groups = (measurement.depth_groups(count > 0, masks, origins) if params.blur_per_group
+              else np.arange(len(cells)))
+    sigmas = measurement.depth_sigmas(groups, params.blur_depth_std, params.blur_sigma_range,
+                                      params.blur_relative_depth, rng["blur"])
+    textures, texture_half = _object_textures(cells, params, rng["texture"])
     shift = half - texture_half  # frame of the masks -> frame of the textures (same centre)
-    for cell, mask, texture, sigma in zip(cells, masks, textures, sigmas):
+    kernels = [measurement.gaussian_kernel(sigma, window) for sigma in sigmas]
+    for (y, x), mask, texture, kernel in zip(origins, masks, textures, kernels):
         rows, cols = _crop_to_mask(mask)
-        y, x = cell.origin[0] + offset + rows.start, cell.origin[1] + offset + cols.start
+        y, x = y + rows.start, x + cols.start
         sub = mask[rows, cols]
         overlaps = count[y:y + sub.shape[0], x:x + sub.shape[1]]
         tex = texture[rows.start - shift:rows.stop - shift, cols.start - shift:cols.stop - shift]
         patch = np.where(sub, tex / np.maximum(overlaps, 1), 0.0)
-        measurement.add_blurred(canvas, patch, (y, x), sigma)
-    return canvas[offset:offset + height, offset:offset + width]
+        sharp[y:y + sub.shape[0], x:x + sub.shape[1]] += patch
+        measurement.add_blurred(canvas, patch, (y, x), kernel)
+    inside = (slice(offset, offset + height), slice(offset, offset + width))
+    sharp_energy = float(np.sum(np.square(sharp[inside], dtype=np.float64)))
+    return canvas[inside], sharp_energy, sigmas, groups, [measurement.kernel_spread(k) for k in kernels]
 
 
 def _background(shape, cell_energy, params, rng):
@@ -208,11 +238,12 @@ def simulate(shape, n_cells, seed, params=None, simplex_background=False):
 
     cells = place_cells(shape, int(n_cells), params, rng["placement"])
     half = frame_half(params)
-    sigmas = measurement.depth_sigmas(len(cells), params.blur_depth_std, params.blur_sigma_range, rng["blur"])
     target_masks = [c.nucleus if params.target == "nuclei" else c.cell for c in cells]
-    cells_layer = _render_channel(cells, target_masks, params, shape, half, sigmas, rng["texture"])
+    cells_layer, sharp_energy, sigmas, groups, spreads = _render_channel(cells, target_masks, params, shape,
+                                                                         half, rng)
 
-    cell_energy = float(np.sum(np.square(cells_layer, dtype=np.float64)))
+    cell_energy = (sharp_energy if params.background_reference == "sharp"
+                   else float(np.sum(np.square(cells_layer, dtype=np.float64))))
     background = _background(shape, cell_energy, params, rng["measurement"])
     offset = half
     nuclei_labels = np.zeros((shape[0] + 2 * offset, shape[1] + 2 * offset), dtype=np.int32)
@@ -229,14 +260,19 @@ def simulate(shape, n_cells, seed, params=None, simplex_background=False):
         level = float(cells_layer[mask].mean()) if mask.any() else 1.0
         background += params.simplex_strength * level * measurement.simplex_field(
             background.shape, params.simplex_scale, rng["simplex"])
-    ideal = cells_layer + resize(background.astype(np.float32), shape, 1)
-    peak = ideal.max()
-    image = ideal / peak if peak > 0 else ideal
+    # SIMCEP sums cells, illumination and autofluorescence at their natural scale and lets the noisy
+    # sum saturate at 1; the peak normalisation is the earlier simcep_py model.
+    image = cells_layer + resize(background.astype(np.float32), shape, 1)
+    peak = image.max()
+    if params.peak_normalise and peak > 0:
+        image = image / peak
     image = measurement.ccd_noise(image, params.noise_var, rng["measurement"])
-    image = measurement.jpeg_artefacts(image, params.comp).astype(np.float32)
+    if params.jpeg_output:
+        image = measurement.jpeg_artefacts(image, params.comp)
 
     return Simulation(image=image, mask=mask, nuclei_mask=nuclei_mask, cell_mask=cell_mask,
                       nuclei_labels=nuclei_labels, cell_labels=cell_labels,
-                      features=_features(cells, sigmas, shape, params.target), objects=cells,
+                      features=_features(cells, sigmas, groups, spreads, shape, params.target),
+                      objects=cells,
                       params=params, seed=int(seed), n_cells=int(n_cells),
                       simplex_background=bool(simplex_background))
