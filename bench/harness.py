@@ -130,3 +130,22 @@ def timed(fn, steps):
         out["wall"].append(time.perf_counter() - t0)
         out["cpu"].append(time.process_time() - c0)
     return out
+
+
+def run_and_report(run, report, json_path=None):
+    """A benchmark command's ending: ``run()``, print ``report(result)``, write the JSON; return the exit status.
+
+    A failing worker (or a bad value found while running) ends in one ``error:`` line and exit status 1.
+    """
+    from cellfcn import files
+
+    try:
+        result = run()
+    except (WorkerError, RuntimeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(report(result))
+    if json_path:
+        files.write_json(json_path, result)
+    return 0
+

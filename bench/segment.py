@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import flops, harness, machine
 from bench.train_step import build_info
-from cellfcn import caffe_env, files
+from cellfcn import caffe_env
 from tools import infer
 
 
@@ -181,15 +181,8 @@ def main(argv=None):
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        result = run(a.size, a.tile, a.margin, a.threads, a.rounds, a.warmup, a.seed, a.weights)
-    except (harness.WorkerError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_report(result))
-    if a.json:
-        files.write_json(a.json, result)
-    return 0
+    return harness.run_and_report(
+        lambda: run(a.size, a.tile, a.margin, a.threads, a.rounds, a.warmup, a.seed, a.weights), format_report, a.json)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench import flops, harness, machine, nets
-from cellfcn import caffe_env, files
+from cellfcn import caffe_env
 
 
 class CaffeTrain:
@@ -313,16 +313,8 @@ def main(argv=None):
     if errors:
         print(f"error: {errors[0]}", file=sys.stderr)
         return 2
-    try:
-        result = run(a.batch, a.size, a.threads, a.rounds, a.steps, a.warmup, a.layer_iters, a.seed, frameworks,
-                     variants)
-    except (harness.WorkerError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_report(result))
-    if a.json:
-        files.write_json(a.json, result)
-    return 0
+    return harness.run_and_report(lambda: run(a.batch, a.size, a.threads, a.rounds, a.steps, a.warmup, a.layer_iters,
+                                              a.seed, frameworks, variants), format_report, a.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from cellfcn.cli import run
 from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import InputError
 from cellfcn.files import check_writable, clean_stale, code_digest, digest, sha256_file
-from simcep_py.dataset import plan_images
+from simcep_py.dataset import cell_range, plan_images
 
 from . import mnfinder, real, synthetic
 from .io import find_pairs, read_array, read_mask
@@ -59,18 +59,6 @@ _open_share = _checked(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 _cell_share = _checked(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 _percentile = _checked(float, lambda v: 0 <= v <= 100, "a percentile in [0, 100]")
 _scale = _checked(float, lambda v: 0 < v <= 16, "a factor in (0, 16]")
-
-
-def _range(text):
-    """``"N"`` or ``"LO:HI"`` -> (lo, hi) positive integers."""
-    try:
-        lo, _, hi = text.partition(":")
-        lo, hi = int(lo), int(hi or lo)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or LO:HI, got {text!r}") from None
-    if not 1 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"need 1 <= LO <= HI, got {text!r}")
-    return lo, hi
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -226,7 +214,7 @@ def build_parser():
                    default=0.25, help="share of source images kept for the test split (default 0.25)")
     p.add_argument("--simplex-fraction", type=_share, default=0.5,
                    help="share of images with the simplex-noise background (default 0.5)")
-    p.add_argument("--n-cells", type=_range, default=(60, 100), metavar="N|LO:HI",
+    p.add_argument("--n-cells", type=cell_range, default=(60, 100), metavar="N|LO:HI",
                    help="cells per image, drawn uniformly in LO..HI (default 60:100)")
     p.set_defaults(run=run_synthetic)
 

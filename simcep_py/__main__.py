@@ -13,7 +13,7 @@ import sys
 
 from cellfcn import cli
 
-from .dataset import write_dataset
+from .dataset import cell_range, write_dataset
 from .params import SimcepParams
 
 
@@ -27,18 +27,6 @@ def _size(text):
     if len(values) not in (1, 2):
         raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
     return (values[0], values[-1])
-
-
-def _cells(text):
-    """``N`` or ``LO:HI`` -> (lo, hi) non-negative integers."""
-    try:
-        lo, _, hi = text.partition(":")
-        lo, hi = int(lo), int(hi or lo)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or LO:HI, got {text!r}") from None
-    if not 0 <= lo <= hi:
-        raise argparse.ArgumentTypeError(f"need 0 <= LO <= HI, got {text!r}")
-    return lo, hi
 
 
 def _assignment(text):
@@ -62,7 +50,7 @@ def build_parser():
     parser.add_argument("--size", type=_size, default=(512, 512), help="image size N or HxW (default 512)")
     parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    parser.add_argument("--n-cells", type=_cells, default=(60, 100), metavar="N|LO:HI",
+    parser.add_argument("--n-cells", type=cell_range, default=(60, 100), metavar="N|LO:HI",
                         help="cells per image, or a range drawn from uniformly per image (default 60:100)")
     parser.add_argument("--simplex-fraction", type=float, default=0.5,
                         help="fraction of each split's images with the simplex-noise background (default 0.5)")

@@ -20,6 +20,20 @@ MANIFEST = "simcep.json"
 PREVIEW_IMAGES = 6
 
 
+def cell_range(text):
+    """Parse a cell count ``"N"`` or range ``"LO:HI"`` (command-line argument type) -> (lo, hi)."""
+    import argparse
+
+    try:
+        lo, _, hi = text.partition(":")
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO:HI, got {text!r}") from None
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
 def plan_images(n_images, rng, n_cells=(60, 100), simplex_fraction=0.5, test_fraction=0.25):
     """Decide every image of a run: its seed, cell count, split and background -- the one seeding scheme.
 
