@@ -84,9 +84,11 @@ def prepare(args):
                                 out.resolve() / "snap", seed=args.seed)
     solver_path = out / "solver.prototxt"
     files.write_text(solver_path, str(solver))
-    # The dataset's identity is its content (manifest hashes), not where it lies: a moved dataset resumes.
-    key = files.digest(net.deploy_net().__str__(), str(solver).replace(str(out.resolve()), "<out>"),
-                       args.format, args.batch, manifest.get("files", {}),
+    # The dataset's identity is the content of the files Caffe reads (manifest hashes), not where it lies: a
+    # moved dataset resumes, and files training never reads (whole images for evaluation) do not restart it.
+    read = {f"{s}{suffix}" for s in ("train", test_split) for suffix in (".h5", ".txt", "_data_lmdb", "_label_lmdb")}
+    key = files.digest(str(net.deploy_net()), str(solver).replace(str(out.resolve()), "<out>"), args.format,
+                       args.batch, {k: v for k, v in manifest.get("files", {}).items() if k.split("/")[0] in read},
                        files.sha256_file(args.weights) if args.weights else None)
     info = dict(stage=args.stage, config=args.config, format=args.format, batch=args.batch, seed=args.seed,
                 caffe_random_seed=solver.random_seed, data=str(data), n_train=n_train, n_test=n_test,
