@@ -125,7 +125,13 @@ fi
 TRIED=()            # each source tried, with the lines that say why it failed: the message when all fail
 UPSTREAM_PATCHES=0  # 1: the tree lacks Debian's patches, so patches/upstream/ supplies those the build needs
 
-why() { grep -E '^(E:|W: Failed|fatal:|error:)' "$1" | head -n 3 | cut -c1-240 | paste -sd' ' || true; }
+why() {  # apt's and git's own reasons in an attempt's output, on one line; apt's warnings when it gave none
+  local reasons
+  reasons=$(awk '/^Err:/ { err = 1; next } err && /^  / { sub(/^ +/, ""); print; next } { err = 0 }
+                 /^(E:|fatal:|error:)/' "$1" | awk '!seen[$0]++')
+  [ -n "$reasons" ] || reasons=$(grep -E '^W:' "$1" || true)
+  printf '%s\n' "$reasons" | head -n 3 | cut -c1-240 | paste -sd' '
+}
 where() { echo "$(sed -n -E 's/^URIs:[[:space:]]*//p' "$1" | paste -sd' ') ($(sed -n -E 's/^Suites:[[:space:]]*//p' "$1"))"; }
 
 fetch_debian() {  # $1: deb822 sources file, $2: destination; apt checks the signed index and the file hashes
