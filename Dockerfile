@@ -1,9 +1,11 @@
 # cellfcn on CPU: real BVLC Caffe built by the project's own recipe (make deps, make env, make caffe).
-#   docker build -t cellfcn .
+#   docker build -t cellfcn .                                                         # Debian 13 (trixie)
+#   docker build --build-arg DEBIAN_RELEASE=bookworm -t cellfcn .                     # Debian 12
 #   docker run --rm -v "$PWD/runs:/opt/cellfcn/runs" cellfcn                          # the whole pipeline
 #   docker run --rm -v "$PWD/runs:/opt/cellfcn/runs" cellfcn make reproduce QUICK=1   # few-minute smoke run
-# `make docker-check` builds this file with buildah and runs the tests inside the image.
-FROM debian:bookworm
+# `make docker-check` builds this file with buildah on trixie and bookworm and runs the tests inside each image.
+ARG DEBIAN_RELEASE=trixie
+FROM debian:${DEBIAN_RELEASE}
 
 WORKDIR /opt/cellfcn
 
@@ -18,7 +20,7 @@ COPY tools/make_env.sh tools/
 RUN PIP_NO_CACHE_DIR=1 make env
 
 # Caffe + pycaffe into .caffe/; the build tree and the compiler cache stay out of the image.
-COPY tools/build_caffe.sh tools/caffe-src.sources tools/
+COPY tools/build_caffe.sh tools/build_errors.sh tools/caffe-src.sources tools/caffe-src-archive.sources tools/
 COPY patches/ patches/
 RUN CCACHE_DISABLE=1 make caffe && rm -rf .caffe-build
 

@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# `make docker-check`: prove the CPU Dockerfile where no Docker engine runs. buildah builds it (chroot isolation,
-# vfs storage), then runs `make test` inside the image (or the command given as arguments, e.g.
-# `tools/docker_check.sh make reproduce QUICK=1`). No registry needed: when debian:bookworm is not in local
-# storage, a debootstrap minbase is built once, cached as a tarball, and imported under that name.
-# Installs buildah/podman/debootstrap with apt when missing (needs root, like buildah's vfs storage).
+# `make docker-check`: prove the CPU Dockerfile where no Docker engine runs, on each Debian release given
+# (default: trixie bookworm), one after the other. buildah builds it (chroot isolation, vfs storage) with
+# --build-arg DEBIAN_RELEASE=<release>, then runs `make test` inside the image, or the command given after
+# `--`, e.g. `tools/docker_check.sh bookworm -- make reproduce QUICK=1`. No registry needed: when
+# debian:<release> is not in local storage, a debootstrap minbase is built once, cached as a tarball, and
+# imported under that name. Installs buildah/podman/debootstrap with apt when missing (needs root, like
+# buildah's vfs storage). Logs: runs/docker-check/<release>/build.log and test.log.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-IMAGE=${DOCKER_CHECK_IMAGE:-localhost/cellfcn:check}
-BASE=docker.io/library/debian:bookworm
+IMAGE_PREFIX=${DOCKER_CHECK_IMAGE:-localhost/cellfcn:check}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${DOCKER_CHECK_CACHE:-/var/cache/cellfcn}
-BASE_TAR=$CACHE/debian-bookworm-minbase.tar
-LOG_DIR=$ROOT/runs/docker-check
+LOG_ROOT=$ROOT/runs/docker-check
 STORE=(--storage-driver vfs)
-# The PyTorch bench peer is not part of the image (PyPI only has its multi-GB CUDA build): BENCH_PEER=0.
-[ $# -gt 0 ] && INNER=("$@") || INNER=(make test BENCH_PEER=0)
+RELEASES=() INNER=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --) shift; INNER=("$@"); break ;;
+    -*) echo "usage: tools/docker_check.sh [RELEASE...] [-- COMMAND...]" >&2; exit 2 ;;
+    *) RELEASES+=("$1"); shift ;;
+  esac
+done
+[ ${#RELEASES[@]} -gt 0 ] || RELEASES=(trixie bookworm)
+# No PyTorch in the image (PyPI only has its multi-GB CUDA build): `make test` leaves out the peer's tests.
+[ ${#INNER[@]} -gt 0 ] || INNER=(make test)
 
 die() { echo "error: docker-check: $*" >&2; exit 1; }
 trap 'echo "error: docker-check: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -31,68 +40,81 @@ need_tools() {  # install the packages whose command is missing: "command:packag
     || die "apt-get could not install ${missing[*]}"
 }
 
-# debian:bookworm as the official image has it: minbase, the bookworm + updates + security sources.
-make_base_tar() {
-  local rootfs=$CACHE/rootfs.tmp
+# debian:<release> as the official image has it: minbase, the release + updates + security sources.
+make_base_tar() {  # $1: release, $2: tarball to write
+  local rootfs=$CACHE/rootfs-$1.tmp
   mkdir -p "$CACHE"
-  rm -rf "$rootfs" "$BASE_TAR.tmp"
-  echo "Building the $BASE base with debootstrap (minutes; log: $CACHE/debootstrap.log)"
-  debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-    || die "debootstrap failed (see $CACHE/debootstrap.log)"
+  rm -rf "$rootfs" "$2.tmp"
+  echo "Building the debian:$1 base with debootstrap (minutes; log: $CACHE/debootstrap-$1.log)"
+  debootstrap --variant=minbase "$1" "$rootfs" "$MIRROR" >"$CACHE/debootstrap-$1.log" 2>&1 \
+    || die "debootstrap $1 failed (see $CACHE/debootstrap-$1.log)"
   rm -f "$rootfs/etc/apt/sources.list"
-  cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
+  cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<SOURCES
 Types: deb
 URIs: $MIRROR
-Suites: bookworm bookworm-updates
+Suites: $1 $1-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
+Suites: $1-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
+SOURCES
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar --numeric-owner -C "$rootfs" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
-    -cf "$BASE_TAR.tmp" . || die "could not pack the debootstrap root into $BASE_TAR"
-  mv "$BASE_TAR.tmp" "$BASE_TAR"
+    -cf "$2.tmp" . || die "could not pack the debootstrap root into $2"
+  mv "$2.tmp" "$2"
   rm -rf "$rootfs"
 }
 
-need_tools buildah:buildah
-if ! buildah "${STORE[@]}" inspect --type image "$BASE" >/dev/null 2>&1; then
+ensure_base() {  # $1: release; debian:<release> in buildah's local storage
+  local base=docker.io/library/debian:$1 tar=$CACHE/debian-$1-minbase.tar
+  buildah "${STORE[@]}" inspect --type image "$base" >/dev/null 2>&1 && return 0
   need_tools debootstrap:debootstrap podman:podman
-  [ -f "$BASE_TAR" ] || make_base_tar
-  echo "Importing $BASE_TAR as $BASE"
-  podman "${STORE[@]}" import --change 'CMD ["bash"]' "$BASE_TAR" "$BASE" >/dev/null \
-    || die "podman import of $BASE_TAR failed"
-fi
+  [ -f "$tar" ] || make_base_tar "$1" "$tar"
+  echo "Importing $tar as $base"
+  podman "${STORE[@]}" import --change 'CMD ["bash"]' "$tar" "$base" >/dev/null || die "podman import of $tar failed"
+}
 
-mkdir -p "$LOG_DIR"
+check_release() {  # $1: release; builds the image, runs INNER inside, appends a line to SUMMARY
+  local rel=$1 image=$IMAGE_PREFIX-$1 log_dir=$LOG_ROOT/$1 start build_s run_s size ctr rc=0
+  mkdir -p "$log_dir"
+  ensure_base "$rel"
+  echo "[$rel] Building $image from $ROOT/Dockerfile (log: $log_dir/build.log)"
+  start=$SECONDS
+  buildah "${STORE[@]}" bud --isolation chroot --layers --force-rm --pull=never "${MOUNTS[@]}" \
+    --build-arg "DEBIAN_RELEASE=$rel" -f "$ROOT/Dockerfile" -t "$image" "$ROOT" >"$log_dir/build.log" 2>&1 \
+    || die "[$rel] image build failed; last lines of $log_dir/build.log:
+$(tail -n 20 "$log_dir/build.log")"
+  build_s=$((SECONDS - start))
+  size=$(buildah "${STORE[@]}" images --format '{{.Size}}' "$image" | head -n 1)
+  echo "[$rel] Built $image in ${build_s}s, image size $size"
+
+  ctr=$(buildah "${STORE[@]}" from --pull=never "$image") || die "[$rel] cannot create a container from $image"
+  echo "[$rel] Running '${INNER[*]}' inside $image (log: $log_dir/test.log)"
+  start=$SECONDS
+  buildah "${STORE[@]}" run --isolation chroot "${MOUNTS[@]}" "$ctr" -- "${INNER[@]}" >"$log_dir/test.log" 2>&1 || rc=$?
+  run_s=$((SECONDS - start))
+  buildah "${STORE[@]}" rm "$ctr" >/dev/null 2>&1 || true
+  tail -n 3 "$log_dir/test.log"
+  [ "$rc" = 0 ] || die "[$rel] '${INNER[*]}' failed inside $image (exit $rc; see $log_dir/test.log)"
+  SUMMARY+=("$(printf '%-10s build %5ss  %s %5ss  image %s' "$rel" "$build_s" "'${INNER[*]}'" "$run_s" "$size")")
+}
+
+need_tools buildah:buildah
+mkdir -p "$LOG_ROOT"
 # Trust what the host trusts (a TLS-intercepting proxy's CA, say) while building and testing, without baking
 # it into the image: pip reads /etc/pip.conf, bind-mounted only into the RUN steps and the test run.
 MOUNTS=()
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 if [ -f "$HOST_CA" ]; then
-  printf '[global]\ncert = /etc/cellfcn-host-ca.crt\n' >"$LOG_DIR/pip.conf"
-  MOUNTS=(-v "$HOST_CA:/etc/cellfcn-host-ca.crt:ro" -v "$LOG_DIR/pip.conf:/etc/pip.conf:ro")
+  printf '[global]\ncert = /etc/cellfcn-host-ca.crt\n' >"$LOG_ROOT/pip.conf"
+  MOUNTS=(-v "$HOST_CA:/etc/cellfcn-host-ca.crt:ro" -v "$LOG_ROOT/pip.conf:/etc/pip.conf:ro")
 fi
 
-echo "Building $IMAGE from $ROOT/Dockerfile (log: $LOG_DIR/build.log)"
-start=$SECONDS
-buildah "${STORE[@]}" bud --isolation chroot --layers --force-rm --pull=never "${MOUNTS[@]}" \
-  -f "$ROOT/Dockerfile" -t "$IMAGE" "$ROOT" 2>&1 | tee "$LOG_DIR/build.log" || die "image build failed (see $LOG_DIR/build.log)"
-build_s=$((SECONDS - start))
-size=$(buildah "${STORE[@]}" images --format '{{.Size}}' "$IMAGE" | head -n 1)
-echo "Built $IMAGE in ${build_s}s, image size $size"
-
-CTR=$(buildah "${STORE[@]}" from --pull=never "$IMAGE") || die "cannot create a container from $IMAGE"
-trap 'buildah "${STORE[@]}" rm "$CTR" >/dev/null 2>&1 || true' EXIT
-echo "Running '${INNER[*]}' inside $IMAGE"
-start=$SECONDS
-buildah "${STORE[@]}" run --isolation chroot "${MOUNTS[@]}" "$CTR" -- "${INNER[@]}" \
-  || die "'${INNER[*]}' failed inside $IMAGE"
-run_s=$((SECONDS - start))
-
-echo "docker-check passed: build ${build_s}s, '${INNER[*]}' ${run_s}s inside, image $IMAGE $size"
+SUMMARY=()
+for rel in "${RELEASES[@]}"; do check_release "$rel"; done
+echo "docker-check passed on ${RELEASES[*]}:"
+printf '  %s\n' "${SUMMARY[@]}"
