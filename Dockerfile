@@ -15,17 +15,21 @@ COPY tools/deps.sh tools/apt-packages.txt tools/
 RUN tools/deps.sh && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 
 # The venv with the pinned Python packages; pycaffe is built against its numpy.
-COPY Makefile requirements.txt ./
+COPY requirements.txt ./
 COPY tools/make_env.sh tools/
-RUN PIP_NO_CACHE_DIR=1 make env
+RUN PIP_NO_CACHE_DIR=1 tools/make_env.sh python3 /opt/cellfcn/.venv --requirements-only
 
-# Caffe + pycaffe into .caffe/; the build tree and the compiler cache stay out of the image.
+# Caffe + pycaffe into .caffe/, with the arguments `make caffe` passes (so its stamp matches later); the build
+# tree and the compiler cache stay out of the image.
 COPY tools/build_caffe.sh tools/build_errors.sh tools/caffe-src.sources tools/caffe-src-archive.sources tools/
 COPY patches/ patches/
-RUN CCACHE_DISABLE=1 make caffe && rm -rf .caffe-build
+RUN CCACHE_DISABLE=1 tools/build_caffe.sh --prefix /opt/cellfcn/.caffe --python /opt/cellfcn/.venv/bin/python \
+    && rm -rf .caffe-build
 
-# The rest of the repository (.dockerignore leaves out runs/, builds, the venv and .git/).
+# The rest of the repository (.dockerignore leaves out runs/, builds, the venv and .git/), installed into the
+# venv in editable mode: editing Python code rebuilds only these layers.
 COPY . .
+RUN PIP_NO_CACHE_DIR=1 make env
 
 # Outputs go to runs/: mount a host folder there to keep them.
 CMD ["make", "reproduce"]
