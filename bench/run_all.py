@@ -18,6 +18,8 @@ from bench import harness, segment, train_step
 from cellfcn import files
 
 BENCH = Path(__file__).resolve().parent
+# Our Caffe on its own im2col + GEMM path, beside the default engine: the per-engine figures of every run.
+ENGINE_VARIANTS = {"gemm": {"CAFFE_ENGINE": "caffe"}}
 
 
 def ensure_torch():
@@ -44,45 +46,70 @@ def _fmt(x, digits=2):
     return f"{x:.{digits}f}"
 
 
+def engine_names(results):
+    """Table labels of the frameworks of a result: which engine each Caffe worker ran, then PyTorch."""
+    t = results.get("train_step") or results.get("segment") or {}
+    libs = t.get("build", {}).get("caffe", {}).get("libraries", [])
+    default = "oneDNN" if any("dnnl" in lib for lib in libs) else "GEMM"
+    names = {"caffe": f"ours, default engine ({default})", "torch": "PyTorch 2.13 (CPU)"}
+    names.update({f"caffe:{label}": f"ours, CAFFE_ENGINE={env['CAFFE_ENGINE']} (GEMM)"
+                  for label, env in ENGINE_VARIANTS.items()})
+    return names
+
+
+def _layer_lines(t, names, peak):
+    """The per-engine table: per convolution layer, each framework's ms and GFLOP/s forward and backward."""
+    shown = [label for label in names if label in t["layers"][0]]
+    lines = ["", f"Training step per layer and engine (batch {t['batch']} of 1x{t['size']}x{t['size']}; "
+                 f"Caffe from `caffe time`, PyTorch each layer alone; % of the {peak} GFLOP/s fp32 peak):", "",
+             "| layer | GFLOP fwd+bwd | " + " | ".join(f"{names[label]}: ms fwd / bwd | GFLOP/s fwd / bwd (% of peak)"
+                                                     for label in shown) + " |",
+             "|---|---|" + "---|---|" * len(shown)]
+    for row in t["layers"]:
+        cells = []
+        for label in shown:
+            r = row.get(label)
+            cells += [f"{r['fwd_ms']:.1f} / {r['bwd_ms']:.1f}",
+                      f"{r['fwd_gflops']:.0f} ({r['fwd_pct_peak']:.0f}%) / {r['bwd_gflops']:.0f} "
+                      f"({r['bwd_pct_peak']:.0f}%)"] if r else ["", ""]
+        lines.append(f"| {row['layer']} | {row['gflop']:.2f} | " + " | ".join(cells) + " |")
+    for label, ct in t.get("caffe_time", {}).items():
+        lines.append(f"\n`caffe time` forward-backward, {names.get(label, label)}: {ct['forward_backward_ms']:.0f} ms "
+                     f"per batch (all layers, ReLU/pooling/loss included).")
+    return lines
+
+
 def markdown(results):
-    """The results as Markdown: a summary table, then the per-layer table of the training step."""
+    """The results as Markdown: a summary table, then the per-layer, per-engine table of the training step."""
     m = results["machine"]
+    names = engine_names(results)
     lines = [f"Measured {results['date']} on {m['cpu']} ({m['logical_cpus']} CPUs, {m['mhz']:.0f} MHz), "
              f"{m['threads']} threads for both frameworks; fp32 peak {m['fp32_peak_gflops']} GFLOP/s "
              f"({m['peak_derivation']}). Load average at the start: {m['load_average_1min']}.", "",
-             "| benchmark | ours | PyTorch 2.13 (CPU) | ours / PyTorch |", "|---|---|---|---|"]
+             "| benchmark | engine | ours | PyTorch 2.13 (CPU) | ours / PyTorch |", "|---|---|---|---|---|"]
     t = results.get("train_step")
     if t:
-        c, p = t["caffe"], t["torch"]
-        lines.append(f"| Caffe training step, batch {t['batch']} of 1x{t['size']}x{t['size']} (patches/s) | "
-                     f"{_fmt(c['patches_per_s'])} | {_fmt(p['patches_per_s'])} | {_fmt(t['ratio_caffe_over_torch'])} |")
-        lines.append(f"| training step: GFLOP/s (% of fp32 peak) | {c['gflops']} ({c['pct_peak']}%) | "
-                     f"{p['gflops']} ({p['pct_peak']}%) | |")
+        p = t["torch"]
+        for label in [k for k in names if k in t and k != "torch"]:
+            c = t[label]
+            lines.append(f"| Caffe training step, batch {t['batch']} of 1x{t['size']}x{t['size']} (patches/s) | "
+                         f"{names[label]} | {_fmt(c['patches_per_s'])} | {_fmt(p['patches_per_s'])} | "
+                         f"{_fmt(c['ratio_over_torch'])} |")
+            lines.append(f"| training step: GFLOP/s (% of fp32 peak) | {names[label]} | {c['gflops']} "
+                         f"({c['pct_peak']}%) | {p['gflops']} ({p['pct_peak']}%) | |")
     s = results.get("segment")
     if s:
         tiling = "whole" if s["tile"] == 0 else f"{s['windows']} windows of {s['tile']} px (tools.infer)"
-        lines.append(f"| Caffe segmentation of one {s['size']}x{s['size']} image, {tiling} (MP/s) | "
-                     f"{_fmt(s['caffe']['mp_per_s'], 3)} | {_fmt(s['torch']['mp_per_s'], 3)} | "
-                     f"{_fmt(s['ratio_caffe_over_torch'])} |")
+        for label in [k for k in names if k in s and k != "torch"]:
+            lines.append(f"| Caffe segmentation of one {s['size']}x{s['size']} image, {tiling} (MP/s) | "
+                         f"{names[label]} | {_fmt(s[label]['mp_per_s'], 3)} | {_fmt(s['torch']['mp_per_s'], 3)} | "
+                         f"{_fmt(s[label]['ratio_over_torch'])} |")
     sim = results.get("simcep")
     if sim:
         lines.append(f"| simcep_py: {sim['shape'][0]}x{sim['shape'][1]} images with {sim['n_cells']} cells "
-                     f"(images/s, 1 thread) | {_fmt(sim['value'])} | n/a | |")
+                     f"(images/s, 1 thread) | | {_fmt(sim['value'])} | n/a | |")
     if t and "layers" in t:
-        lines += ["", f"Training step per layer (ms per batch of {t['batch']}, forward / backward; GFLOP/s over both; "
-                      "Caffe from `caffe time`, PyTorch each layer alone):", "",
-                  "| layer | GFLOP | Caffe fwd | Caffe bwd | Caffe GFLOP/s | PyTorch fwd | PyTorch bwd | PyTorch GFLOP/s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for row in t["layers"]:
-            cells = []
-            for label in ("caffe", "torch"):
-                r = row.get(label)
-                cells += [f"{r['fwd_ms']:.1f}", f"{r['bwd_ms']:.1f}", f"{r['gflops']:.1f}"] if r else ["", "", ""]
-            lines.append(f"| {row['layer']} | {row['gflop']:.2f} | " + " | ".join(cells) + " |")
-        ct = t.get("caffe_time", {}).get("caffe")
-        if ct:
-            lines.append(f"\n`caffe time` forward-backward: {ct['forward_backward_ms']:.0f} ms per batch "
-                         f"(all layers, ReLU/pooling/loss included).")
+        lines += _layer_lines(t, names, m["fp32_peak_gflops"])
     return "\n".join(lines) + "\n"
 
 
@@ -109,11 +136,11 @@ def main(argv=None):
         ensure_torch()
         if "train_step" not in skip:
             kw = dict(batch=2, rounds=1, steps=1, warmup=1, layer_iters=1) if a.quick else {}
-            results["train_step"] = r = train_step.run(threads=threads, **kw)
+            results["train_step"] = r = train_step.run(threads=threads, variants=ENGINE_VARIANTS, **kw)
             print(train_step.format_report(r), flush=True)
         if "segment" not in skip:
             kw = dict(size=512, tile=256, rounds=1) if a.quick else {}
-            results["segment"] = r = segment.run(threads=threads, **kw)
+            results["segment"] = r = segment.run(threads=threads, variants=ENGINE_VARIANTS, **kw)
             print(segment.format_report(r), flush=True)
         if "simcep" not in skip:
             args = ["--size", "128", "--n-images", "2", "--repeats", "1"] if a.quick else []

@@ -102,32 +102,41 @@ class TorchSegment(_Segmenter):
             return torch.softmax(scores, dim=1)[0, 1].numpy().copy()
 
 
-def run(size=2048, tile=infer.TILE, margin=infer.MARGIN, threads=None, rounds=3, warmup=1, seed=0, weights=None):
-    """Benchmark whole-image segmentation; return the results dict."""
+def run(size=2048, tile=infer.TILE, margin=infer.MARGIN, threads=None, rounds=3, warmup=1, seed=0, weights=None,
+        variants=None):
+    """Benchmark whole-image segmentation; return the results dict.
+
+    ``variants`` maps a label to environment overrides for extra Caffe workers "caffe:<label>" (as in
+    bench.train_step), alternated with the others.
+    """
     threads = threads or len(os.sched_getaffinity(0))
     info = machine.describe(threads)
     common = dict(size=size, tile=tile, margin=margin, seed=seed, warmup=warmup)
-    caffe_w = harness.Worker("caffe", "bench.segment:CaffeSegment", dict(common, weights=weights), threads)
+    workers = []
     try:
-        torch_w = harness.Worker("torch", "bench.segment:TorchSegment", dict(
-            common, threads=threads, params=caffe_w.call("get_params")), threads)
-        try:
-            diff = float(np.abs(caffe_w.call("segment") - torch_w.call("segment")).max())
-            shapes = window_shapes(size, tile or max(-(-size // 8) * 8, 2 * margin + 8), margin)
-            print(f"segmenting {size}x{size} in {len(shapes)} window(s), {threads} "
-                  f"threads, {rounds} rounds", file=sys.stderr)
-            times = harness.alternate([caffe_w, torch_w], rounds, 1)
-            build = {w.label: w.call("build_info") for w in (caffe_w, torch_w)}
-        finally:
-            torch_w.close()
+        for label, env in [("caffe", {})] + [(f"caffe:{k}", v) for k, v in (variants or {}).items()]:
+            workers.append(harness.Worker(label, "bench.segment:CaffeSegment", dict(common, weights=weights),
+                                          threads, env))
+        workers.append(harness.Worker("torch", "bench.segment:TorchSegment", dict(
+            common, threads=threads, params=workers[0].call("get_params")), threads))
+        probs = {w.label: w.call("segment") for w in workers}
+        diff = float(np.abs(probs["caffe"] - probs["torch"]).max())
+        engine_diff = {label: float(np.abs(p - probs["caffe"]).max()) for label, p in probs.items()
+                       if label.startswith("caffe:")}
+        shapes = window_shapes(size, tile or max(-(-size // 8) * 8, 2 * margin + 8), margin)
+        print(f"segmenting {size}x{size} in {len(shapes)} window(s), {threads} "
+              f"threads, {rounds} rounds", file=sys.stderr)
+        times = harness.alternate(workers, rounds, 1)
+        build = {w.label: w.call("build_info") for w in workers}
     finally:
-        caffe_w.close()
+        for w in workers:
+            w.close()
     # FLOPs actually computed: each window, margins included.
     computed = sum(flops.forward_flops(h, w) for h, w in shapes)
     mp = size * size / 1e6
     result = dict(benchmark="segment", size=size, tile=tile, margin=margin, windows=len(shapes), threads=threads,
-                  rounds=rounds, gflop_computed=round(computed / 1e9, 1), max_abs_prob_diff=diff, machine=info,
-                  build=build)
+                  rounds=rounds, gflop_computed=round(computed / 1e9, 1), max_abs_prob_diff=diff,
+                  max_abs_prob_diff_to_default=engine_diff, machine=info, build=build)
     for label, tt in times.items():
         t = tt["wall"]
         median = statistics.median(t)
@@ -136,7 +145,10 @@ def run(size=2048, tile=infer.TILE, margin=infer.MARGIN, threads=None, rounds=3,
                              round_s=[round(x, 3) for x in t],
                              mp_per_s=round(mp / median, 4), gflops=round(gflops, 1),
                              pct_peak=round(100 * gflops / info["fp32_peak_gflops"], 1))
-    result["ratio_caffe_over_torch"] = round(result["caffe"]["mp_per_s"] / result["torch"]["mp_per_s"], 3)
+    for label in times:
+        if label != "torch":
+            result[label]["ratio_over_torch"] = round(result[label]["mp_per_s"] / result["torch"]["mp_per_s"], 3)
+    result["ratio_caffe_over_torch"] = result["caffe"]["ratio_over_torch"]
     return result
 
 
@@ -146,9 +158,9 @@ def format_report(r):
         f"{r['windows']} windows of up to {r['tile']} px with {r['margin']} px margins (tools.infer)"
     lines = [f"deploy FCRN-A on one {r['size']}x{r['size']} image ({tiling}), {r['threads']} threads, "
              f"{r['gflop_computed']} GFLOP computed, load average {r['machine']['load_average_1min']}"]
-    for label in ("caffe", "torch"):
+    for label in [k for k in r if k == "torch" or k.startswith("caffe")]:
         s = r[label]
-        lines.append(f"  {label:6s} {s['seconds']:8.2f} s  {s['mp_per_s']:7.3f} MP/s  {s['gflops']:6.1f} GFLOP/s "
+        lines.append(f"  {label:12s} {s['seconds']:8.2f} s  {s['mp_per_s']:7.3f} MP/s  {s['gflops']:6.1f} GFLOP/s "
                      f"({s['pct_peak']:.0f}% of peak)")
     lines.append(f"  Caffe / PyTorch: {r['ratio_caffe_over_torch']:.2f}; largest probability difference "
                  f"{r['max_abs_prob_diff']:.2e}")

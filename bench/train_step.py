@@ -151,21 +151,29 @@ def summarise(times, batch, size, peak):
                 pct_peak=round(100 * gflops / peak, 1))
 
 
+def _gflops(flop, seconds):
+    return round(flop / seconds / 1e9, 1) if seconds > 0 else 0.0
+
+
 def layer_table(layer_times, batch, size, peak):
-    """Rows per convolution layer: ms and GFLOP/s (forward + backward) of each framework.
+    """Rows per convolution layer: ms, GFLOP/s and % of peak of each framework, forward, backward and both.
 
     ``layer_times`` maps a label ("caffe", "torch", ...) to {layer: {"forward": s, "backward": s}}.
     """
     rows = []
     for name, f in flops.layer_flops(size, size).items():
-        row = dict(layer=name, gflop=round((f["forward"] + f["backward"]) * batch / 1e9, 3))
+        fwd_flop, bwd_flop = f["forward"] * batch, f["backward"] * batch
+        row = dict(layer=name, gflop=round((fwd_flop + bwd_flop) / 1e9, 3))
         for label, times in layer_times.items():
             if name not in times:
                 continue
             fwd, bwd = times[name]["forward"], times[name]["backward"]
-            gflops = (f["forward"] + f["backward"]) * batch / (fwd + bwd) / 1e9 if fwd + bwd > 0 else 0.0
-            row[label] = dict(fwd_ms=round(fwd * 1e3, 2), bwd_ms=round(bwd * 1e3, 2), gflops=round(gflops, 1),
-                              pct_peak=round(100 * gflops / peak, 1))
+            gflops = _gflops(fwd_flop + bwd_flop, fwd + bwd)
+            row[label] = dict(fwd_ms=round(fwd * 1e3, 2), bwd_ms=round(bwd * 1e3, 2),
+                              fwd_gflops=_gflops(fwd_flop, fwd), bwd_gflops=_gflops(bwd_flop, bwd),
+                              gflops=gflops, pct_peak=round(100 * gflops / peak, 1),
+                              fwd_pct_peak=round(100 * _gflops(fwd_flop, fwd) / peak, 1),
+                              bwd_pct_peak=round(100 * _gflops(bwd_flop, bwd) / peak, 1))
         rows.append(row)
     return rows
 
@@ -233,7 +241,7 @@ def run(batch=16, size=128, threads=None, rounds=5, steps=3, warmup=2, layer_ite
 def build_info():
     """Which build this process runs: Caffe's binary and the BLAS/OpenMP libraries mapped, or torch's version."""
     with open("/proc/self/maps") as maps:  # numpy's and scipy's own BLAS copies are not the ones timed
-        libs = sorted({line.split()[-1] for line in maps if re.search(r"blas|blis|mkl|gomp|libomp|libcaffe",
+        libs = sorted({line.split()[-1] for line in maps if re.search(r"blas|blis|mkl|dnnl|gomp|libomp|libcaffe",
                        line.split()[-1]) and ".libs/" not in line and "scipy/" not in line})
     info = dict(libraries=libs)
     if "caffe" in sys.modules:
