@@ -154,3 +154,16 @@ def test_train_step_rejects_bad_arguments(args):
     proc = subprocess.run([sys.executable, "-m", "bench.train_step", *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_reports_each_engine():
+    from bench import run_all, train_step
+
+    r = train_step.run(batch=1, size=16, threads=1, rounds=1, steps=1, warmup=0, layer_iters=1,
+                       variants=run_all.ENGINE_VARIANTS)
+    assert {"caffe", "caffe:gemm", "torch"} <= set(r) and r["caffe:gemm"]["ratio_over_torch"] > 0
+    assert any("dnnl" in lib for lib in r["build"]["caffe"]["libraries"])
+    md = run_all.markdown(dict(date="today", machine=dict(r["machine"], threads=1), train_step=r))
+    assert "ours, default engine (oneDNN)" in md and "ours, CAFFE_ENGINE=caffe (GEMM)" in md
+    conv7 = next(line for line in md.splitlines() if line.startswith("| conv7 |"))
+    assert conv7.count("%") == 6  # forward and backward % of peak for each of the three

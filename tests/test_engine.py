@@ -243,16 +243,3 @@ def test_caffe_train_loss_curve_matches(tmp_path, monkeypatch):
     assert len(curves["caffe"]) >= 8
     assert len(set(curves["caffe"])) > 1  # the loss moves: training happened
     np.testing.assert_allclose(curves["auto"], curves["caffe"], rtol=1e-3)
-
-
-def test_bench_reports_each_engine():
-    from bench import run_all, train_step
-
-    r = train_step.run(batch=1, size=16, threads=1, rounds=1, steps=1, warmup=0, layer_iters=1,
-                       variants=run_all.ENGINE_VARIANTS)
-    assert {"caffe", "caffe:gemm", "torch"} <= set(r) and r["caffe:gemm"]["ratio_over_torch"] > 0
-    assert any("dnnl" in lib for lib in r["build"]["caffe"]["libraries"])
-    md = run_all.markdown(dict(date="today", machine=dict(r["machine"], threads=1), train_step=r))
-    assert "ours, default engine (oneDNN)" in md and "ours, CAFFE_ENGINE=caffe (GEMM)" in md
-    conv7 = next(line for line in md.splitlines() if line.startswith("| conv7 |"))
-    assert conv7.count("%") == 6  # forward and backward % of peak for each of the three
