@@ -47,13 +47,14 @@ def _fmt(x, digits=2):
 
 
 def engine_names(results):
-    """Table labels of the frameworks of a result: which engine each Caffe worker ran, then PyTorch."""
+    """Table labels of the frameworks of a result, in table order: the GEMM path (before), the default
+    engine, PyTorch."""
     t = results.get("train_step") or results.get("segment") or {}
     libs = t.get("build", {}).get("caffe", {}).get("libraries", [])
     default = "oneDNN" if any("dnnl" in lib for lib in libs) else "GEMM"
-    names = {"caffe": f"ours, default engine ({default})", "torch": "PyTorch 2.13 (CPU)"}
-    names.update({f"caffe:{label}": f"ours, CAFFE_ENGINE={env['CAFFE_ENGINE']} (GEMM)"
-                  for label, env in ENGINE_VARIANTS.items()})
+    names = {f"caffe:{label}": f"ours, CAFFE_ENGINE={env['CAFFE_ENGINE']} (GEMM)"
+             for label, env in ENGINE_VARIANTS.items()}
+    names.update({"caffe": f"ours, default engine ({default})", "torch": "PyTorch 2.13 (CPU)"})
     return names
 
 
