@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def deploy(caffe):
     caffe.set_random_seed(3)
-    return caffe.Net(str(nets.DEPLOY), caffe.TEST)
+    return caffe.Net(str(infer.DEPLOY), caffe.TEST)
 
 
 def _torch_from(net):
