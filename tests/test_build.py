@@ -40,22 +40,27 @@ def _configure(tmp_path, *args, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
-def _source():
-    return ["--src", str(FETCHED_SRC)] if (FETCHED_SRC / "CMakeLists.txt").is_file() else []
+@pytest.fixture(scope="session")
+def cmake4_configure(tmp_path_factory, cmake4_path):
+    """One configure of Caffe with CMake 4, of the tree `make caffe` fetched or else a fresh fetch."""
+    root = tmp_path_factory.mktemp("cmake4")
+    src = ["--src", str(FETCHED_SRC)] if (FETCHED_SRC / "CMakeLists.txt").is_file() else []
+    return root, _configure(root, *src, env={"PATH": cmake4_path})
 
 
-def test_cmake4_from_pypi_configures_caffe(tmp_path, cmake4_path):
-    run = _configure(tmp_path, *_source(), env={"PATH": cmake4_path})
+def test_cmake4_from_pypi_configures_caffe(cmake4_configure):
+    root, run = cmake4_configure
     assert run.returncode == 0, run.stdout + run.stderr
     assert re.search(r"Configured Caffe in .* with cmake version 4\.", run.stdout)
-    cache = (tmp_path / "work" / "build" / "CMakeCache.txt").read_text()
+    cache = (root / "work" / "build" / "CMakeCache.txt").read_text()
     assert re.search(r"^CMAKE_COMMAND:INTERNAL=.*/cmake/data/bin/cmake$", cache, re.M)
     assert "CPU_ONLY:BOOL=ON" in cache
 
 
-def test_failed_configure_prints_cmakes_reason(tmp_path, cmake4_path):
+def test_failed_configure_prints_cmakes_reason(tmp_path, cmake4_path, cmake4_configure):
     # Undo the fix: CMake 4 then refuses Caffe's cmake_minimum_required(VERSION 2.8.7).
-    run = _configure(tmp_path, *_source(), "--extra-cmake", "-DCMAKE_POLICY_VERSION_MINIMUM=",
+    source = cmake4_configure[0] / "work" / "src"
+    run = _configure(tmp_path, "--src", str(source), "--extra-cmake", "-DCMAKE_POLICY_VERSION_MINIMUM=",
                      env={"PATH": cmake4_path})
     assert run.returncode == 1
     assert "cmake configure failed; full log:" in run.stderr
