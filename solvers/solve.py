@@ -8,8 +8,9 @@ states neither the number of epochs nor the fine-tuning schedule; ``CONFIGS`` re
 - ``default``: the same optimiser, shortened so ``make reproduce`` fits in about 30 minutes on 2 CPU cores:
   pretraining for 20 epochs (0.01, divided by 10 after 10), fine-tuning for 12 epochs (0.01, divided by 10
   after 6). Fine-tuning keeps 0.01: the real nuclei differ from the synthetic ones in background and texture,
-  and at that rate 3 epochs lift the real-test MCC from 0.879 to 0.910, and 6 to 12 epochs hold it at 0.920-0.921
-  (measured on this machine; README, Results).
+  and at that rate 3 epochs lifted the real-test MCC from 0.879 to 0.910, and 6 to 12 epochs held it at
+  0.920-0.921 (measured with the synthetic images of simcep_py's earlier measurement model; with today's, 12
+  epochs end at 0.919: README, Results).
 """
 import argparse
 import json

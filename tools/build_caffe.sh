@@ -224,12 +224,19 @@ else
 fi
 mv "$SRC_DIR.tmp" "$SRC_DIR"
 
+# The source tree records what we applied (name and hash): patches that touch the same file one after the other
+# can no longer be recognised one by one with a reverse dry run once the later ones are in.
+APPLIED=$SRC_DIR/.cellfcn-patches
 apply_patches() {  # $1: folder of *.patch files, applied in name order unless already in the source
-  local p
+  local p id
   for p in "$1"/*.patch; do
     [ -e "$p" ] || continue
-    if patch -d "$SRC_DIR" -p1 -s -f --dry-run <"$p" >/dev/null 2>&1; then
+    id="$(basename "$p") $(sha256sum <"$p" | cut -c1-64)"
+    if grep -qxF "$id" "$APPLIED" 2>/dev/null; then
+      echo "  already in source: $(basename "$p")"
+    elif patch -d "$SRC_DIR" -p1 -s -f --dry-run <"$p" >/dev/null 2>&1; then
       patch -d "$SRC_DIR" -p1 -s -f <"$p" >>"$LOG" 2>&1
+      echo "$id" >>"$APPLIED"
       echo "  applied $(basename "$p")"
     elif patch -d "$SRC_DIR" -p1 -s -f -R --dry-run <"$p" >/dev/null 2>&1; then
       echo "  already in source: $(basename "$p")"
