@@ -8,6 +8,7 @@ from skimage.draw import disk as draw_disk
 from skimage.feature import peak_local_max
 from skimage.measure import label as label_regions
 
+from data_prep.io import instance_labels_from_rgba
 from tools import objects as O
 
 
@@ -152,33 +153,33 @@ def _rgba_mask():
 
 def test_instance_labels_from_rgba():
     rgba, expected = _rgba_mask()
-    out = O.instance_labels_from_rgba(rgba)
+    out = instance_labels_from_rgba(rgba)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, expected)
     every_part = expected.copy()
     every_part[27:29, 15:17] = 5
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(rgba, min_fragment_area=0), every_part)
+    np.testing.assert_array_equal(instance_labels_from_rgba(rgba, min_fragment_area=0), every_part)
     # Black background: RGB, or RGBA that is opaque everywhere, give the same nuclei.
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(rgba[..., :3]), expected)
+    np.testing.assert_array_equal(instance_labels_from_rgba(rgba[..., :3]), expected)
     opaque = rgba.copy()
     opaque[..., 3] = 255
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(opaque), expected)
-    assert not O.instance_labels_from_rgba(np.zeros((5, 6, 4), dtype=np.uint8)).any()
+    np.testing.assert_array_equal(instance_labels_from_rgba(opaque), expected)
+    assert not instance_labels_from_rgba(np.zeros((5, 6, 4), dtype=np.uint8)).any()
 
 
 def test_rgba_transparent_background_may_hold_colour():
     rgba, expected = _rgba_mask()
     rgba[25:30, 30:40, :3] = 77  # colour under alpha 0: still background when the alpha varies
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(rgba), expected)
+    np.testing.assert_array_equal(instance_labels_from_rgba(rgba), expected)
 
 
 @pytest.mark.parametrize("array", [np.zeros((5, 5), np.uint8), np.zeros((5, 5, 2), np.uint8),
                                    np.zeros((5, 5, 4), np.uint16), np.zeros((5, 5, 4))])
 def test_rgba_validation(array):
     with pytest.raises(ValueError, match="rgba"):
-        O.instance_labels_from_rgba(array)
+        instance_labels_from_rgba(array)
     with pytest.raises(ValueError, match="min_fragment_area"):
-        O.instance_labels_from_rgba(np.zeros((5, 5, 4), np.uint8), min_fragment_area=-1)
+        instance_labels_from_rgba(np.zeros((5, 5, 4), np.uint8), min_fragment_area=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------

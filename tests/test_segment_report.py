@@ -147,7 +147,7 @@ def test_prepare_matches_data_prep():
     raw = np.random.default_rng(7).integers(0, 4096, (90, 70)).astype(np.uint16)
     image, net_input = segment.prepare(raw, scale=0.75, percentiles=(2.0, 99.0))
     np.testing.assert_array_equal(image, normalize_percentile(raw, 2.0, 99.0))
-    expected, _ = prepare_pair(raw, np.zeros(raw.shape, np.uint8), "x", scale=0.75, pct=(2.0, 99.0))
+    expected = prepare_pair(raw, np.zeros(raw.shape, np.uint8), "x", scale=0.75, pct=(2.0, 99.0))[0]
     np.testing.assert_array_equal(net_input, expected)
     assert net_input.shape == expected.shape != raw.shape
     same, also_same = segment.prepare(raw)

@@ -53,7 +53,7 @@ def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PC
     image = normalize_percentile(gray, *percentiles, name=name)
     if scale == 1:
         return image, image
-    net_input, _ = prepare_pair(gray, np.zeros(gray.shape, np.uint8), name, scale=scale, pct=tuple(percentiles))
+    net_input = prepare_pair(gray, np.zeros(gray.shape, np.uint8), name, scale=scale, pct=tuple(percentiles))[0]
     return image, net_input
 
 
