@@ -2,6 +2,7 @@
 by name."""
 
 import io as _io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,13 @@ def read_array(source, name=None):
                     img = img.convert("RGBA")
                 array = np.array(img)
         else:
-            array = tifffile.imread(handle)
+            tiff_log = logging.getLogger("tifffile")
+            level = tiff_log.level
+            tiff_log.setLevel(logging.CRITICAL)  # a broken file is the InputError below, not a log line too
+            try:
+                array = tifffile.imread(handle)
+            finally:
+                tiff_log.setLevel(level)
     except Exception as err:  # every decoder failure is a bad input file
         raise InputError(f"cannot read {name}: {type(err).__name__}: {err}") from None
     if array.size == 0:
