@@ -103,6 +103,19 @@ def test_serial_and_local_cluster_give_identical_outputs(folder, model, tmp_path
     assert (serial / "counts.csv").read_bytes() == (parallel / "counts.csv").read_bytes()
 
 
+def test_existing_scheduler(folder, model, tmp_path):
+    from dask.distributed import LocalCluster
+
+    args = ("--threshold", "0.5", "--opening", "1", "--min-area", "10")
+    assert _segment(folder, model, tmp_path / "serial", "--workers", "0", *args).returncode == 1
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env=segment.WORKER_ENV) as cluster:
+        done = _segment(folder, model, tmp_path / "remote", "--scheduler", cluster.scheduler_address, *args)
+    assert done.returncode == 1 and "1 of 5 images failed" in done.stderr
+    for path in (tmp_path / "serial").iterdir():
+        assert path.read_bytes() == (tmp_path / "remote" / path.name).read_bytes(), path.name
+
+
 def test_rerun_skips_unchanged_images_and_redoes_changed_ones(folder, model, tmp_path):
     out = tmp_path / "out"
     args = ("--workers", "0", "--threshold", "0.5", "--opening", "1", "--min-area", "10")

@@ -328,7 +328,13 @@ def run_dask(images, settings, scheduler=None, workers=None):
         with _progress(len(futures)) as bar:
             for _ in as_completed(futures):
                 bar.update()
-        return client.gather(futures)
+        rows = []
+        for (path, _), future in zip(images, futures):
+            try:
+                rows.append(future.result())
+            except Exception as err:  # a worker lost (killed, out of memory): that image failed, not the run
+                rows.append({"file": str(path), "status": "failed", "error": f"{type(err).__name__}: {err}"})
+        return rows
     finally:
         client.close()
         if cluster is not None:
