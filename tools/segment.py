@@ -323,7 +323,7 @@ def run_dask(images, settings, scheduler=None, workers=None):
                                dashboard_address=None, env=WORKER_ENV)
         client = Client(cluster)
     try:
-        futures = [client.submit(segment_file, str(path), stem, settings, pure=False, key=f"segment-{stem}")
+        futures = [client.submit(segment_file, str(path), stem, settings, pure=False)
                    for path, stem in images]
         with _progress(len(futures)) as bar:
             for _ in as_completed(futures):
