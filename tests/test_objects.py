@@ -456,10 +456,15 @@ def test_object_table_on_hand_made_images(tmp_path, capsys):
                                                np.full((32, 32), 0.2, np.float32)], "labels": [gt, empty]}
     # The network finds the first two nuclei exactly and misses the third; nothing in the empty image.
     found = np.where((gt == 1) | (gt == 2), 0.8, 0.05)
-    maps = {"after": {"val": val_probs, "test": [found, np.zeros((32, 32))]}}
-    rows, predictions = count.evaluate_objects(maps, val, test)
-    after, otsu = rows
-    assert [r["model"] for r in rows] == ["after", "otsu"]
+    # The model before fine-tuning sees the nuclei at 0.2, below the fixed grid: its val threshold is added.
+    faint = [np.where(g > 0, 0.2, 0.05) for g in val_gt]
+    maps = {"before": {"val": faint, "test": [np.where(gt > 0, 0.2, 0.05), np.zeros((32, 32))]},
+            "after": {"val": val_probs, "test": [found, np.zeros((32, 32))]}}
+    rows, predictions = count.evaluate_objects(maps, val, test, {"before": 0.15})
+    before, after, otsu = rows
+    assert [r["model"] for r in rows] == ["before", "after", "otsu"]
+    assert before["grid"]["thresholds"] == (0.15, 0.3, 0.5, 0.7) and after["grid"]["thresholds"] == (0.3, 0.5, 0.7)
+    assert before["params"]["threshold"] == 0.15 and before["pooled"]["f1"] == 1.0
     # Chosen on val: the first setting with F1 1 (min area 30 drops the 16-pixel speck).
     assert after["params"] == {"threshold": 0.3, "opening_radius": 0, "min_area": 30, "min_distance": 5,
                                "smooth_sigma": 1.0, "min_dynamic": O.MIN_DYNAMIC}

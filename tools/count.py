@@ -27,7 +27,8 @@ from tools import infer
 from tools import objects as O
 
 OBJECTS_SCHEMA = 1
-# The parameter grids searched on the validation images (kept small: each setting is a watershed per image).
+# The parameter grids searched on the validation images (kept small: each setting is a watershed per image);
+# make evaluate adds each model's Table 1 validation threshold to NET_GRID's.
 NET_GRID = {"thresholds": (0.3, 0.5, 0.7), "opening_radii": (0, 1), "min_areas": (10, 30)}
 OTSU_GRID = {"thresholds": (0.5,), "opening_radii": (0, 1, 2), "min_areas": (10, 30)}  # maps are 0/1
 NAMES = {"before": "ours: before fine-tuning", "after": "ours: after fine-tuning",
@@ -134,7 +135,7 @@ def model_row(key, val_maps, val, test_maps, test, grid):
     return row, predictions
 
 
-def evaluate_objects(maps, val, test):
+def evaluate_objects(maps, val, test, val_thresholds=None):
     """Object-level rows of every model.
 
     Parameters
@@ -143,6 +144,10 @@ def evaluate_objects(maps, val, test):
         Probability maps of the network models (``before``, ``after``), in file order.
     val, test : dict
         From :func:`load_full`.
+    val_thresholds : dict of model key -> float, optional
+        A threshold chosen on the validation data to add to that model's grid (``make evaluate`` adds Table
+        1's MCC-optimal validation threshold: a model whose probabilities sit below the fixed grid, as a
+        briefly trained one's may, still gets a threshold that finds its nuclei).
 
     Returns
     -------
@@ -150,9 +155,14 @@ def evaluate_objects(maps, val, test):
         One per model (the networks', then ``otsu``), see :func:`model_row`.
     predictions : dict of model key -> list of instance label images of the test images
     """
-    rows, predictions = [], {}
-    grids = {**{key: NET_GRID for key in maps}, "otsu": OTSU_GRID}
+    val_thresholds = val_thresholds or {}
+    grids = {key: {**NET_GRID, "thresholds": tuple(sorted({*NET_GRID["thresholds"],
+                                                           *([round(float(val_thresholds[key]), 4)]
+                                                             if key in val_thresholds else [])}))}
+             for key in maps}
+    grids["otsu"] = OTSU_GRID
     maps = {**maps, "otsu": {"val": otsu_maps(val["images"]), "test": otsu_maps(test["images"])}}
+    rows, predictions = [], {}
     for key, grid in grids.items():
         row, predictions[key] = model_row(key, maps[key]["val"], val, maps[key]["test"], test, grid)
         rows.append(row)

@@ -326,7 +326,8 @@ def run(args):
             "set (the paper's protocol); t from val: MCC-optimal threshold on the validation split. "
             f"[95% bootstrap intervals, {args.bootstrap} replicates, resampling the {n_images} "
             "test images (the synthetic row: its patches).]\n\n" + markdown(rows, PAPER))
-    object_rows, instances = count.evaluate_objects(maps, full["val"], full["test"])
+    val_thresholds = {r["model"]: r["threshold"] for r in rows if r["protocol"] == "val-threshold"}
+    object_rows, instances = count.evaluate_objects(maps, full["val"], full["test"], val_thresholds)
     text += "\n" + count.write_outputs(out, object_rows, full["val"], full["test"])
     segment_whole_images(out / "segment", full["test"], maps["after"]["test"], instances["after"],
                          next(r for r in object_rows if r["model"] == "after"), args.images)
