@@ -86,9 +86,10 @@ def test_serial_and_local_cluster_give_identical_outputs(folder, model, tmp_path
         stem = r["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
         labels = tifffile.imread(serial / f"{stem}_labels.tif")
         prob = tifffile.imread(serial / f"{stem}_prob.tif")
-        np.testing.assert_array_equal(labels, segment.O.instances_from_probs(prob, **params))
+        # nuclei cut at the net's scale (0.75), the labels resized back by nearest neighbour
         assert int(r["cells"]) == labels.max() == len(np.unique(labels[labels > 0]))
-        assert labels.shape == (int(r["height"]), int(r["width"]))
+        assert labels.shape == prob.shape == (int(r["height"]), int(r["width"]))
+        assert ((labels > 0) == (prob >= params["threshold"])).mean() > 0.9
     assert not (serial / "broken_prob.tif").exists()
 
     done = _segment(folder, model, parallel, "--workers", "2", "--params", tmp_path / "objects.json")

@@ -137,6 +137,21 @@ def test_prepare_matches_data_prep():
 PARAMS = ["--threshold", "0.5", "--opening", "1", "--min-area", "15"]
 
 
+def test_nuclei_are_cut_at_the_net_scale(net):
+    from skimage.transform import resize
+
+    from tools import objects as O
+
+    image, _ = blobs((100, 130), np.random.default_rng(9))
+    net_input = resize(image, (75, 98), order=1, preserve_range=True).astype(np.float32)
+    params = dict(threshold=0.5, opening_radius=0, min_area=5, min_distance=5, smooth_sigma=1.0, min_dynamic=2.0)
+    prob, labels = segment.segment_prepared(net, image, net_input, params)
+    small = O.instances_from_probs(infer.segment_image(net, net_input), **params)
+    assert prob.shape == labels.shape == (100, 130) and labels.max() == small.max()
+    np.testing.assert_array_equal(labels[::4, ::4] > 0, small[(np.arange(0, 100, 4) * 0.75).astype(int)][
+        :, (np.arange(0, 130, 4) * 98 / 130).astype(int)] > 0)
+
+
 def test_cli_scale_from_manifest(model, tmp_path):
     import tifffile
 

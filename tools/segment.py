@@ -5,7 +5,8 @@ Every TIFF/PNG image of the input folders (or the files named) is prepared like 
 ``--manifest``; the maps are resized back), run through the net in tiles by :mod:`tools.infer` (whose weight
 check refuses a model of another net) and cut into nuclei by :func:`tools.objects.instances_from_probs`
 with the parameters ``make evaluate`` chose on the validation images (``--params``: its ``objects.json``),
-or with explicit ``--threshold``, ``--opening`` and ``--min-area``. Per image it writes ``<stem>_prob.tif``
+or with explicit ``--threshold``, ``--opening`` and ``--min-area`` (pixels at the net's scale, like the
+dataset's), at the net's scale; maps and labels are then resized back to the file's size. Per image it writes ``<stem>_prob.tif``
 (float32), ``<stem>_labels.tif`` (int32 instances), ``<stem>_overlay.png`` (instance outlines in red) and
 ``<stem>.json`` (its record), and for the whole run one ``counts.csv`` (file, cells, areas, status, error).
 
@@ -146,7 +147,11 @@ def area_stats(labels):
 
 
 def segment_prepared(net, image, net_input, params, tile=infer.TILE):
-    """Probability map (at the size of ``image``) and instance labels of one prepared image.
+    """Probability map and instance labels of one prepared image, both at the size of ``image``.
+
+    The nuclei are cut out at the net's scale, where ``make evaluate`` chose ``params`` (areas and distances
+    in pixels of the dataset's scale); then the map is resized back bilinearly and the labels by nearest
+    neighbour.
 
     Parameters
     ----------
@@ -154,7 +159,7 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE):
     image : (H, W) float32 in [0, 1]
         The image at its own size (what the outputs are written at).
     net_input : (h, w) float32 in [0, 1]
-        What the net sees (:func:`prepare`); its map is resized back to (H, W) bilinearly.
+        What the net sees (:func:`prepare`).
     params : dict
         Keyword arguments of :func:`tools.objects.instances_from_probs` (``PARAM_KEYS``).
     tile : int
@@ -163,13 +168,19 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE):
     -------
     prob : (H, W) float32
     labels : (H, W) int32
+        Nuclei 1..n in raster order.
     """
+    from data_prep.io import relabel_raster_order
+
     prob = infer.segment_image(net, net_input, tile=tile)
+    labels = O.instances_from_probs(prob, **params)
     if prob.shape != np.shape(image):
         from skimage.transform import resize
 
         prob = np.clip(resize(prob, np.shape(image), order=1, preserve_range=True), 0, 1).astype(np.float32)
-    return prob, O.instances_from_probs(prob, **params)
+        labels = relabel_raster_order(np.rint(resize(labels, np.shape(image), order=0, preserve_range=True,
+                                                     anti_aliasing=False)).astype(np.int64))
+    return prob, labels
 
 
 # ----------------------------------------------------------------------------------------- one image, anywhere
@@ -395,8 +406,8 @@ def parse_args(argv=None):
                    help="objects.json of make evaluate: its 'after' row's instance parameters (default: "
                         "%(default)s)")
     p.add_argument("--threshold", type=float, help="instead of --params: nucleus where prob >= T")
-    p.add_argument("--opening", type=int, help="instead of --params: opening radius (px, at the file's size)")
-    p.add_argument("--min-area", type=int, help="instead of --params: smallest nucleus (px)")
+    p.add_argument("--opening", type=int, help="instead of --params: opening radius (px at the net's scale)")
+    p.add_argument("--min-area", type=int, help="instead of --params: smallest nucleus (px at the net's scale)")
     p.add_argument("--manifest", default=str(REPO / "runs" / "data" / "real" / "manifest.json"),
                    help="manifest.json of the dataset the model was trained on: images are resized and "
                         "normalised like it (default: %(default)s)")
