@@ -24,6 +24,16 @@ $(if $(filter hdf5 lmdb,$(FORMAT)),,$(error FORMAT must be hdf5 or lmdb, not '$(
 $(if $(call is_count,$(SEED),[0-9]+),,$(error SEED must be a non-negative integer, not '$(SEED)'))
 $(if $(call is_count,$(BATCH),[1-9][0-9]*),,$(error BATCH must be a positive integer, not '$(BATCH)'))
 $(if $(EPOCHS),$(if $(call is_count,$(EPOCHS),[1-9][0-9]*),,$(error EPOCHS must be a positive integer, not '$(EPOCHS)')))
+# make segment IN=<folder> [MODEL=<caffemodel>] [OUT=<folder>] [SCHEDULER=tcp://host:8786] [WORKERS=n]
+MODEL ?= $(RUNS)/finetune/final.caffemodel
+OUT ?= $(RUNS)/segment
+SCHEDULER ?=
+WORKERS ?=
+ifneq ($(filter segment,$(MAKECMDGOALS)),)
+  $(if $(strip $(IN)),,$(error IN must name a folder of TIFF/PNG images: make segment IN=<folder>))
+  $(if $(WORKERS),$(if $(call is_count,$(WORKERS),[0-9]+),,$(error WORKERS must be a non-negative integer (0: serial), not '$(WORKERS)')))
+  $(if $(SCHEDULER),$(if $(call is_count,$(SCHEDULER),[a-z]+://[^ ]+),,$(error SCHEDULER must be an address like tcp://host:8786, not '$(SCHEDULER)')))
+endif
 
 # GPU=1 trains and evaluates with the CUDA build on device 0; GPU=<n> (n > 1) or GPU_ID=<n> on device n.
 # Unset means CPU.
@@ -80,7 +90,7 @@ endif
 EPOCH_ARGS_PRETRAIN := $(if $(EPOCHS_PRETRAIN),--epochs $(EPOCHS_PRETRAIN),)
 EPOCH_ARGS_FINETUNE := $(if $(EPOCHS_FINETUNE),--epochs $(EPOCHS_FINETUNE),)
 
-.PHONY: help deps env caffe test data pretrain finetune evaluate report reproduce bench \
+.PHONY: help deps env caffe test data pretrain finetune evaluate report reproduce segment bench \
         docker-check prototxt clean distclean
 
 help: ## list the targets
@@ -91,6 +101,7 @@ help: ## list the targets
 	@echo "Variables: GPU=1 [GPU_ID=n] CUDA_ARCH=\"80 90\" QUICK=1 SEED=$(SEED) FORMAT=hdf5|lmdb BATCH=$(BATCH)"
 	@echo "           EPOCHS=n CONFIG=default|paper RUNS=$(RUNS) BENCH_PEER=0|1 TEST_ARGS=<pytest args>"
 	@echo "           CAFFE_ROOT=<prefix> | CAFFE=<bin> PYCAFFE=<dir>  (use your own Caffe build)"
+	@echo "  segment: IN=<folder> MODEL=<caffemodel> OUT=<folder> SCHEDULER=tcp://host:8786 WORKERS=n (0: serial)"
 
 deps: ## install the Debian build/runtime packages (root; otherwise prints the command)
 	@tools/deps.sh
@@ -162,6 +173,11 @@ reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, re
 	@awk -F'\t' '{ t += $$2; printf "  %-15s %8.1f s\n", $$1, $$2 } \
 	  END { printf "  %-15s %8.1f s (%.1f min)\n", "total", t, t / 60 }' "$(RUNS)/timings.tsv"
 	@echo "Report: $(RUNS)/report/index.html"
+
+segment: caffe ## count nuclei in every image of IN=<folder> -> OUT (maps, labels, overlays, counts.csv)
+	@$(PY) -m tools.segment "$(IN)" --model "$(MODEL)" --out "$(OUT)" --params "$(RUNS)/eval/objects.json" \
+	  --manifest "$(DATA)/real/manifest.json" $(if $(SCHEDULER),--scheduler "$(SCHEDULER)",) \
+	  $(if $(WORKERS),--workers $(WORKERS),) $(GPU_ARGS)
 
 bench: caffe $(VENV)/.bench-stamp ## speed: Caffe vs PyTorch training step, segmentation, simcep -> runs/bench/
 	@$(PY) -m bench.run_all --out "$(RUNS)/bench" $(if $(filter 1,$(QUICK)),--quick,)

@@ -7,22 +7,26 @@ from cellfcn.constants import PCT_HIGH, PCT_LOW
 from cellfcn.errors import InputError
 
 from .augment import augment_dihedral
-from .io import to_binary_mask, to_gray
+from .io import mask_labels, resize_labels, to_gray
 from .normalize import normalize_percentile
 from .patches import cell_fraction, extract_patches, sample_patches, tile_origins
 
 
 def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LOW, PCT_HIGH)):
-    """Turn a decoded image/mask pair into a normalised float32 image and a boolean mask.
+    """Turn a decoded image/mask pair into a normalised float32 image, a boolean mask and instance labels.
 
     The image is reduced to one channel, normalised per image (:func:`normalize_percentile`), then
     image and mask are resized by ``scale`` (bilinear with anti-aliasing when shrinking; the mask is
-    resized as a 0/1 float image and thresholded at 0.5, so object areas scale by ``scale**2``).
+    resized as a 0/1 float image and thresholded at 0.5, so object areas scale by ``scale**2``). The
+    instance labels (:func:`data_prep.io.mask_labels`) are resized to cover exactly that mask
+    (:func:`data_prep.io.resize_labels`).
 
     Returns
     -------
     image : (H', W') float32 in [0, 1]
     mask : (H', W') bool
+    labels : (H', W') int32
+        Nuclei 1..n, 0 background; ``labels > 0`` equals ``mask``.
 
     Raises
     ------
@@ -30,7 +34,8 @@ def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LO
         Size mismatch, NaN/constant image, unusable channel layout.
     """
     image = to_gray(raw_image, channel, name)
-    mask = to_binary_mask(raw_mask, name)
+    labels = mask_labels(raw_mask, name)
+    mask = labels > 0
     if image.shape != mask.shape:
         raise InputError(f"{name}: image is {image.shape[1]}x{image.shape[0]} but its mask is "
                          f"{mask.shape[1]}x{mask.shape[0]}")
@@ -40,7 +45,8 @@ def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LO
         image = resize(image, shape, order=1, anti_aliasing=scale < 1, preserve_range=True)
         image = np.clip(image, 0, 1).astype(np.float32)
         mask = resize(mask.astype(np.float32), shape, order=1, anti_aliasing=scale < 1) >= 0.5
-    return image, mask
+        labels = resize_labels(labels, mask)
+    return image, mask, labels
 
 
 def train_split(images, masks, n, size, rng, min_cell_fraction):
@@ -88,7 +94,7 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
 
     Parameters
     ----------
-    train, val, test : list of (name, image, mask)
+    train, val, test : list of (name, image, mask, labels)
         Prepared pairs (see :func:`prepare_pair`); the three lists hold different images.
     n_train : int
         Training patches before the x8 augmentation.
@@ -102,21 +108,21 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
     -------
     splits : dict of name -> arrays (see :func:`train_split`, :func:`tile_split`)
     info : dict of name -> manifest entry (counts, cell fractions, image names)
-    full : dict of name -> (images, masks, names) for val and test
+    full : dict of name -> (images, masks, labels, names) for val and test
     """
-    if not any(m.any() for _, _, m in train + val + test):
+    if not any(item[2].any() for item in train + val + test):
         raise InputError("every mask is empty: no cell pixels to learn from")
-    if not any(m.any() for _, _, m in train):
+    if not any(item[2].any() for item in train):
         raise InputError("every training mask is empty")
     splits, full, info = {}, {}, {}
     for name, items in (("train", train), ("val", val), ("test", test)):
-        names, images, masks = ([item[k] for item in items] for k in range(3))
+        names, images, masks, labels = ([item[k] for item in items] for k in range(4))
         if name == "train":
             split = train_split(images, masks, n_train, size, rng, min_cell_fraction)
             info[name] = {"n_patches_before_augmentation": n_train, "augmentation": "8 dihedral transforms"}
         else:
             split = tile_split(images, masks, size)
-            full[name] = (images, masks, names)
+            full[name] = (images, masks, labels, names)
             info[name] = {"tiling": f"non-overlapping {size}x{size} from the top-left corner"}
         splits[name] = split
         info[name] = {"n": len(split["data"]), "cell_fraction": round(cell_fraction(split["label"]), 6),

@@ -8,7 +8,8 @@ Layout (the project's dataset-folder contract):
   absolute path would break under a folder with spaces, point a moved dataset at nothing and a copied one at
   the original's files; bare names make a dataset byte-identical wherever it is built and relocatable.
 - ``<split>_data_lmdb/`` + ``<split>_label_lmdb/`` (two Data layers, same keys ``%08d``, same order);
-- ``<split>_full.h5``: the whole val/test images for whole-image evaluation;
+- ``<split>_full.h5``: the whole val/test images for whole-image evaluation, with their masks and
+  instance labels;
 - ``manifest.json``: what was built from what, and the SHA-256 of every file above.
 
 Writing never leaves a half-written dataset: everything goes into a staged folder beside the output
@@ -90,14 +91,16 @@ def write_hdf5(path, data, label, extra=None):
     Path(path).write_bytes(hdf5_bytes(fill))
 
 
-def write_full_images(path, images, masks, names):
-    """Whole images for whole-image evaluation: ``images/<i>`` float32, ``masks/<i>`` uint8, attr ``name``."""
+def write_full_images(path, images, masks, labels, names):
+    """Whole images for whole-image evaluation: ``images/<i>`` float32, ``masks/<i>`` uint8 and ``labels/<i>``
+    int32 (instance labels, 0 background, ``labels > 0`` = mask), each with the attribute ``name``."""
     def fill(f):
-        for i, (image, mask, name) in enumerate(zip(images, masks, names)):
+        for i, (image, mask, label, name) in enumerate(zip(images, masks, labels, names)):
             f.create_dataset(f"images/{i}", data=image.astype(np.float32), track_times=False)
             f.create_dataset(f"masks/{i}", data=mask.astype(np.uint8), track_times=False)
-            f[f"images/{i}"].attrs["name"] = name
-            f[f"masks/{i}"].attrs["name"] = name
+            f.create_dataset(f"labels/{i}", data=label.astype(np.int32), track_times=False)
+            for group in ("images", "masks", "labels"):
+                f[f"{group}/{i}"].attrs["name"] = name
 
     Path(path).write_bytes(hdf5_bytes(fill))
 
@@ -208,8 +211,8 @@ def write_dataset(out, splits, formats, manifest, full=None):
     formats : sequence of {"hdf5", "lmdb"}
     manifest : dict
         Written as ``manifest.json`` with ``files`` (relative path -> SHA-256 of every output file) added.
-    full : dict of split name -> (images, masks, names), optional
-        Whole images, written as ``<split>_full.h5``.
+    full : dict of split name -> (images, masks, labels, names), optional
+        Whole images, written as ``<split>_full.h5`` (:func:`write_full_images`).
 
     Raises
     ------

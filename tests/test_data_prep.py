@@ -15,9 +15,10 @@ from cellfcn.errors import InputError
 from cellfcn.files import sha256_file
 from data_prep import __main__ as cli
 from data_prep.augment import augment_dihedral, dihedral
-from data_prep.io import to_binary_mask, to_gray
+from data_prep.io import mask_labels, read_array, resize_labels, to_binary_mask, to_gray
 from data_prep.normalize import normalize_percentile
 from data_prep.patches import sample_patches, tile_origins
+from data_prep.real import prepare_pair
 
 REPO = Path(__file__).resolve().parent.parent
 P = 32  # small patches keep the tests fast; every size path is the same code as 128
@@ -139,6 +140,50 @@ def test_gray_channel_and_mask_encodings():
     assert to_binary_mask(opaque).tolist() == [[False, False], [False, True]]
 
 
+def _touching_pair():
+    """Instance labels of two touching 6x6 squares (1 left, 2 right) on a 12x20 background."""
+    labels = np.zeros((12, 20), dtype=np.uint8)
+    labels[3:9, 4:10], labels[3:9, 10:16] = 1, 2
+    return labels
+
+
+def test_mask_labels_of_each_encoding():
+    labels = _touching_pair()
+    # instance labels (any values) are kept apart and renumbered in raster order
+    np.testing.assert_array_equal(mask_labels(np.where(labels == 1, 9, labels * 4)), labels)
+    assert mask_labels(labels).dtype == np.int32
+    # a binary mask cannot tell touching nuclei apart: one connected component
+    binary = (labels > 0).astype(np.uint8) * 255
+    np.testing.assert_array_equal(mask_labels(binary), (labels > 0).astype(np.int32))
+    # colour-coded RGBA: one colour per nucleus
+    rgba = np.zeros(labels.shape + (4,), dtype=np.uint8)
+    rgba[labels == 1], rgba[labels == 2] = (10, 200, 30, 255), (90, 5, 60, 255)
+    np.testing.assert_array_equal(mask_labels(rgba), labels)
+    for mask in (labels, binary, rgba):  # labels > 0 is the binary mask
+        np.testing.assert_array_equal(mask_labels(mask) > 0, to_binary_mask(mask))
+    with pytest.raises(InputError, match="piecewise constant"):
+        mask_labels(np.arange(240).reshape(12, 20))
+
+
+def test_resized_labels_cover_the_resized_mask_and_keep_nuclei_apart():
+    labels = np.zeros((40, 60), dtype=np.int32)
+    labels[8:32, 6:30], labels[8:32, 30:54] = 1, 2  # touching 24x24 squares
+    labels[2:4, 57:59] = 3  # 2x2: lost at scale 0.25
+    image = np.random.default_rng(0).random(labels.shape)
+    _, mask, resized = prepare_pair(image, labels, "x", scale=0.25)
+    assert mask.shape == resized.shape == (10, 15) and resized.dtype == np.int32
+    np.testing.assert_array_equal(resized > 0, mask)
+    assert set(np.unique(resized)) == {0, 1, 2}
+    assert np.array_equal(resized[2:8, 2:7], np.ones((6, 5))) and np.array_equal(resized[2:8, 8:13],
+                                                                                  np.full((6, 5), 2))
+    # pixels the bilinear mask adds beyond the nearest-neighbour labels take the nearest nucleus
+    near = np.zeros((5, 5), dtype=np.int32)
+    near[1, 1], near[3, 3] = 4, 7
+    grown = resize_labels(near, np.ones((5, 5), bool))
+    assert grown[0, 0] == 1 and grown[4, 4] == 2 and (grown > 0).all()
+    assert not resize_labels(near, np.zeros((5, 5), bool)).any()
+
+
 def test_normalisation_is_robust_and_in_range():
     image = np.full((50, 50), 100, dtype=np.uint16)
     image[:25] = 1100
@@ -163,7 +208,7 @@ def test_tiles_and_near_empty_rule():
 
 
 def test_folder_dataset_counts_shapes_and_contract(folder_dataset):
-    _, _, out = folder_dataset
+    _, masks, out = folder_dataset
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "real" and manifest["patch_size"] == P and set(manifest["splits"]) == {
         "train", "val", "test"}
@@ -185,6 +230,12 @@ def test_folder_dataset_counts_shapes_and_contract(folder_dataset):
             shape = full["images/0"].shape
             assert f["data"].shape == (len(tile_origins(shape, P)), 1, P, P) == (12, 1, P, P)
             assert full["masks/0"].dtype == np.uint8 and full["images/0"].attrs["name"].startswith("img")
+            # instance labels of the mask file (scale 1): labels > 0 is the mask, touching nuclei stay apart
+            assert full["labels/0"].dtype == np.int32 and full["labels/0"].attrs["name"] == \
+                full["images/0"].attrs["name"]
+            np.testing.assert_array_equal(full["labels/0"][()] > 0, full["masks/0"][()] != 0)
+            source = next(masks.glob(full["images/0"].attrs["name"] + ".*"))
+            np.testing.assert_array_equal(full["labels/0"][()], mask_labels(read_array(source)))
             for k in range(len(f["data"])):  # each tile is its whole image's region at `origin`
                 i, (y, x) = f["source_index"][k], f["origin"][k]
                 np.testing.assert_array_equal(f["data"][k, 0], full[f"images/{i}"][y:y + P, x:x + P])
@@ -380,6 +431,10 @@ def test_mnfinder_subset(tmp_path, capsys):
         assert full["images/0"].shape == (576, 652)  # 768 x 869 at the default scale 0.75
         assert test["data"].shape == (4 * 5, 1, 128, 128)
         assert 0.05 < full["masks/0"][:].mean() < 0.4
+        # the colours of the wheel's mask as instance labels, resized with the image, covering the mask
+        labels = full["labels/0"][()]
+        np.testing.assert_array_equal(labels > 0, full["masks/0"][()] != 0)
+        assert 20 < labels.max() == len(np.unique(labels)) - 1
 
 
 def test_simcep_cli_draws_the_images_of_make_data(tmp_path):

@@ -226,7 +226,9 @@ def test_table1_end_to_end(workspace, tmp_path):
 
     # The whole-image segmentations the report shows are made here, by the only stage that runs the net.
     seg = json.loads((out / "segment" / "segment.json").read_text())
-    assert seg["threshold"] == by_name["ours: after, t from val"]["threshold"] and len(seg["images"]) == 2
+    objects = json.loads((out / "objects.json").read_text())
+    assert seg["params"] == next(r for r in objects["rows"] if r["model"] == "after")["params"]
+    assert len(seg["images"]) == 2 and [r["model"] for r in objects["rows"]] == ["before", "after", "otsu"]
     assert all((out / "segment" / r["files"]["overlay"]).is_file() for r in seg["images"])
 
     # Same inputs, same seed: identical outputs.

@@ -8,6 +8,7 @@ from skimage.draw import disk as draw_disk
 from skimage.feature import peak_local_max
 from skimage.measure import label as label_regions
 
+from data_prep.io import instance_labels_from_rgba, relabel_raster_order
 from tools import objects as O
 
 
@@ -152,33 +153,33 @@ def _rgba_mask():
 
 def test_instance_labels_from_rgba():
     rgba, expected = _rgba_mask()
-    out = O.instance_labels_from_rgba(rgba)
+    out = instance_labels_from_rgba(rgba)
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, expected)
     every_part = expected.copy()
     every_part[27:29, 15:17] = 5
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(rgba, min_fragment_area=0), every_part)
+    np.testing.assert_array_equal(instance_labels_from_rgba(rgba, min_fragment_area=0), every_part)
     # Black background: RGB, or RGBA that is opaque everywhere, give the same nuclei.
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(rgba[..., :3]), expected)
+    np.testing.assert_array_equal(instance_labels_from_rgba(rgba[..., :3]), expected)
     opaque = rgba.copy()
     opaque[..., 3] = 255
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(opaque), expected)
-    assert not O.instance_labels_from_rgba(np.zeros((5, 6, 4), dtype=np.uint8)).any()
+    np.testing.assert_array_equal(instance_labels_from_rgba(opaque), expected)
+    assert not instance_labels_from_rgba(np.zeros((5, 6, 4), dtype=np.uint8)).any()
 
 
 def test_rgba_transparent_background_may_hold_colour():
     rgba, expected = _rgba_mask()
     rgba[25:30, 30:40, :3] = 77  # colour under alpha 0: still background when the alpha varies
-    np.testing.assert_array_equal(O.instance_labels_from_rgba(rgba), expected)
+    np.testing.assert_array_equal(instance_labels_from_rgba(rgba), expected)
 
 
 @pytest.mark.parametrize("array", [np.zeros((5, 5), np.uint8), np.zeros((5, 5, 2), np.uint8),
                                    np.zeros((5, 5, 4), np.uint16), np.zeros((5, 5, 4))])
 def test_rgba_validation(array):
     with pytest.raises(ValueError, match="rgba"):
-        O.instance_labels_from_rgba(array)
+        instance_labels_from_rgba(array)
     with pytest.raises(ValueError, match="min_fragment_area"):
-        O.instance_labels_from_rgba(np.zeros((5, 5, 4), np.uint8), min_fragment_area=-1)
+        instance_labels_from_rgba(np.zeros((5, 5, 4), np.uint8), min_fragment_area=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -435,3 +436,67 @@ def test_choose_validation(kwargs, message):
     arguments = {"probs_list": probs_list, "gt_labels_list": gt_list, **kwargs}
     with pytest.raises(ValueError, match=message):
         O.choose_instance_params(**arguments)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The object-level table of make evaluate (tools.count)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_object_table_on_hand_made_images(tmp_path, capsys):
+    import h5py
+
+    from tools import count
+
+    val_probs, val_gt = _search_data()
+    val = {"names": ["v0", "v1"], "images": [np.where(g > 0, 0.9, 0.1).astype(np.float32) for g in val_gt],
+           "labels": val_gt}
+    gt = _discs((64, 96), (20, 20, 8), (40, 50, 8), (20, 78, 8))
+    empty = np.zeros((32, 32), np.int32)
+    test = {"names": ["t0", "t1"], "images": [np.where(gt > 0, 0.9, 0.1).astype(np.float32),
+                                               np.full((32, 32), 0.2, np.float32)], "labels": [gt, empty]}
+    # The network finds the first two nuclei exactly and misses the third; nothing in the empty image.
+    found = np.where((gt == 1) | (gt == 2), 0.8, 0.05)
+    # The model before fine-tuning sees the nuclei at 0.2, below the fixed grid: its val threshold is added.
+    faint = [np.where(g > 0, 0.2, 0.05) for g in val_gt]
+    maps = {"before": {"val": faint, "test": [np.where(gt > 0, 0.2, 0.05), np.zeros((32, 32))]},
+            "after": {"val": val_probs, "test": [found, np.zeros((32, 32))]}}
+    rows, predictions = count.evaluate_objects(maps, val, test, {"before": 0.15})
+    before, after, otsu = rows
+    assert [r["model"] for r in rows] == ["before", "after", "otsu"]
+    assert before["grid"]["thresholds"] == (0.15, 0.3, 0.5, 0.7) and after["grid"]["thresholds"] == (0.3, 0.5, 0.7)
+    assert before["params"]["threshold"] == 0.15 and before["pooled"]["f1"] == 1.0
+    # Chosen on val: the first setting with F1 1 (min area 30 drops the 16-pixel speck).
+    assert after["params"] == {"threshold": 0.3, "opening_radius": 0, "min_area": 30, "min_distance": 5,
+                               "smooth_sigma": 1.0, "min_dynamic": O.MIN_DYNAMIC}
+    assert after["val"] == {"f1": 1.0, "dsb_score": 1.0}
+    # 2 TP (IoU 1), 0 FP, 1 FN: precision 1, recall 2/3, F1 4/5, DSB 2/3 at every IoU threshold.
+    pooled = after["pooled"]
+    assert (pooled["tp"], pooled["fp"], pooled["fn"], pooled["n_gt"], pooled["n_pred"]) == (2, 0, 1, 3, 2)
+    assert pooled["precision"] == 1.0 and pooled["recall"] == pytest.approx(2 / 3)
+    assert pooled["f1"] == pytest.approx(0.8) and pooled["dsb_score"] == pytest.approx(2 / 3)
+    assert pooled["mean_abs_count_error"] == 0.5  # |2 - 3| and |0 - 0| over two images
+    assert pooled["mean_rel_count_error"] == pytest.approx(1 / 3)  # only the image with nuclei
+    first, second = after["images"]
+    assert first["count_error"] == -1 and first["rel_count_error"] == pytest.approx(1 / 3)
+    # Undefined ratios of the empty image are null, not 0.
+    assert second["precision"] is second["recall"] is second["f1"] is second["dsb_score"] is None
+    np.testing.assert_array_equal(predictions["after"][0], np.where(gt == 3, 0, gt))
+    # Otsu + watershed finds all three bright discs.
+    assert otsu["params"]["threshold"] == 0.5 and otsu["pooled"]["f1"] == 1.0
+    assert otsu["pooled"]["mean_abs_count_error"] == 0.0
+
+    text = count.write_outputs(tmp_path, rows, val, test)
+    assert "| ours: after fine-tuning | 0.30 | 0 | 30 | 1.000 | 0.667 | 0.800 | 0.667 |" in text
+    assert "| Otsu per image + watershed | Otsu |" in text
+    assert (tmp_path / "objects.md").read_text() == text
+    assert count.chosen_params(tmp_path / "objects.json") == after["params"]
+
+    # Whole-image files: labels/<i>, or (older datasets) the masks' connected components with a warning.
+    with h5py.File(tmp_path / "full.h5", "w") as f:
+        f["images/0"], f["masks/0"] = test["images"][0], (gt > 0).astype(np.uint8)
+    loaded = count.load_full(tmp_path / "full.h5")
+    assert "no instance labels" in capsys.readouterr().err
+    np.testing.assert_array_equal(loaded["labels"][0], relabel_raster_order(gt))  # these discs do not touch
+    with h5py.File(tmp_path / "full.h5", "a") as f:
+        f["labels/0"] = np.where(gt == 2, 7, gt)
+    assert count.load_full(tmp_path / "full.h5")["labels"][0].max() == 7

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cellfcn import caffe_env
+from data_prep.io import mask_labels
 from tools import figures, infer, segment
 from tools.metrics import binary_scores
 
@@ -113,27 +114,6 @@ def test_bad_arguments(net):
         infer.segment_image(net, np.zeros((8, 8), np.float32), tile=100)
 
 
-def test_postprocess_removes_small_objects():
-    mask = np.zeros((60, 80), bool)
-    mask[5:8, 5:8] = True  # 9 px speck
-    mask[20:40, 30:50] = True  # 400 px cell
-    mask[0:15, 65:80] = True  # 225 px cell on the border
-    mask[50, 10:60] = True  # 1 px thin line
-    assert segment.count_cells(mask) == 4
-    kept = segment.postprocess(mask, min_area=20)
-    assert segment.count_cells(kept) == 3 and not kept[5:8, 5:8].any()
-    np.testing.assert_array_equal(kept[20:40, 30:50], True)
-    opened = segment.postprocess(mask, opening=2)
-    assert not opened[50].any() and not opened[5:8, 5:8].any()
-    assert not (opened & ~mask).any()  # an opening only removes
-    # Cells survive (only their corners round off), also along the image border: no erosion from outside.
-    np.testing.assert_array_equal(opened[22:38, 32:48], True)
-    np.testing.assert_array_equal(opened[0, 67:80], True)
-    np.testing.assert_array_equal(opened[2:13, 79], True)
-    assert segment.count_cells(opened) == 2
-    np.testing.assert_array_equal(segment.postprocess(mask), mask)
-
-
 def _write_png(path, array):
     from PIL import Image
 
@@ -147,11 +127,29 @@ def test_prepare_matches_data_prep():
     raw = np.random.default_rng(7).integers(0, 4096, (90, 70)).astype(np.uint16)
     image, net_input = segment.prepare(raw, scale=0.75, percentiles=(2.0, 99.0))
     np.testing.assert_array_equal(image, normalize_percentile(raw, 2.0, 99.0))
-    expected, _ = prepare_pair(raw, np.zeros(raw.shape, np.uint8), "x", scale=0.75, pct=(2.0, 99.0))
+    expected = prepare_pair(raw, np.zeros(raw.shape, np.uint8), "x", scale=0.75, pct=(2.0, 99.0))[0]
     np.testing.assert_array_equal(net_input, expected)
     assert net_input.shape == expected.shape != raw.shape
     same, also_same = segment.prepare(raw)
     assert same is also_same
+
+
+PARAMS = ["--threshold", "0.5", "--opening", "1", "--min-area", "15"]
+
+
+def test_nuclei_are_cut_at_the_net_scale(net):
+    from skimage.transform import resize
+
+    from tools import objects as O
+
+    image, _ = blobs((100, 130), np.random.default_rng(9))
+    net_input = resize(image, (75, 98), order=1, preserve_range=True).astype(np.float32)
+    params = dict(threshold=0.5, opening_radius=0, min_area=5, min_distance=5, smooth_sigma=1.0, min_dynamic=2.0)
+    prob, labels = segment.segment_prepared(net, image, net_input, params)
+    small = O.instances_from_probs(infer.segment_image(net, net_input), **params)
+    assert prob.shape == labels.shape == (100, 130) and labels.max() == small.max()
+    np.testing.assert_array_equal(labels[::4, ::4] > 0, small[(np.arange(0, 100, 4) * 0.75).astype(int)][
+        :, (np.arange(0, 130, 4) * 98 / 130).astype(int)] > 0)
 
 
 def test_cli_scale_from_manifest(model, tmp_path):
@@ -164,45 +162,52 @@ def test_cli_scale_from_manifest(model, tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "tools.segment", "--model", str(model),
                            str(tmp_path / "cells.tif"), "--manifest", str(tmp_path / "manifest.json"),
-                           "--out", str(out), "--prob-format", "npy"], capture_output=True, text=True)
+                           "--out", str(out), "--workers", "0", *PARAMS], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    summary = json.loads((out / "segment.json").read_text())
-    assert summary["scale"] == 0.5 and summary["percentiles"] == [1, 99.5]
-    assert np.load(out / "cells_prob.npy").shape == (100, 130)  # the net saw 50 x 65, the map is back to size
+    # the net saw 50 x 65, the maps are back to the file's size
+    assert tifffile.imread(out / "cells_prob.tif").shape == tifffile.imread(out / "cells_labels.tif").shape == (
+        100, 130)
+    # without a manifest or --scale the resize factor is not guessed
+    done = subprocess.run([sys.executable, "-m", "tools.segment", "--model", str(model), str(tmp_path / "cells.tif"),
+                           "--manifest", str(tmp_path / "none.json"), "--out", str(out), "--workers", "0", *PARAMS],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error: no preprocessing") and "--scale" in done.stderr
 
 
-def test_cli_writes_maps_and_scores(model, tmp_path):
+def test_cli_writes_maps_labels_and_counts(model, tmp_path):
+    import csv
+
     import tifffile
     from PIL import Image
 
+    from tools import objects as O
+
     rng = np.random.default_rng(4)
-    image, mask = blobs((100, 130), rng)
+    image, _ = blobs((100, 130), rng)
     _write_png(tmp_path / "cells.png", (image * 255).astype(np.uint8))
-    _write_png(tmp_path / "truth.png", mask.astype(np.uint8) * 255)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "tools.segment", "--model", str(model), "--deploy", str(DEPLOY),
-           str(tmp_path / "cells.png"), "--truth", str(tmp_path / "truth.png"), "--evaluate", "--out", str(out),
-           "--threshold", "0.5", "--min-area", "15", "--opening", "1"]
+           str(tmp_path / "cells.png"), "--out", str(out), "--scale", "1", "--workers", "0", *PARAMS]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    summary = json.loads((out / "segment.json").read_text())
-    (result,) = summary["images"]
     prob = tifffile.imread(out / "cells_prob.tif")
     assert prob.shape == (100, 130) and prob.dtype == np.float32
-    written = np.array(Image.open(out / "cells_mask.png")) > 0
-    expected = segment.postprocess(prob >= 0.5, opening=1, min_area=15)
-    np.testing.assert_array_equal(written, expected)
-    assert result["cells"] == segment.count_cells(expected)
-    assert result["cells_raw"] == segment.count_cells(prob >= 0.5)
-    assert result["scores"] == pytest.approx(binary_scores(expected, mask))
-    assert result["scores_raw"] == pytest.approx(binary_scores(prob >= 0.5, mask))
+    labels = tifffile.imread(out / "cells_labels.tif")
+    assert labels.dtype == np.int32
+    expected = O.instances_from_probs(prob, 0.5, opening_radius=1, min_area=15)
+    np.testing.assert_array_equal(labels, expected)
+    (row,) = list(csv.DictReader((out / "counts.csv").open()))
+    areas = np.bincount(expected.ravel())[1:]
+    assert row["status"] == "done" and int(row["cells"]) == expected.max() and row["error"] == ""
+    assert float(row["mean_area_px"]) == pytest.approx(areas.mean(), abs=0.01)
+    assert (int(row["height"]), int(row["width"])) == (100, 130)
     assert np.array(Image.open(out / "cells_overlay.png")).shape == (100, 130, 3)
-    assert f"{result['cells']} cells" in done.stdout
+    assert f"{expected.max()} cells" in done.stdout
     assert not list(out.glob(".*"))
 
 
 def test_cli_bad_input(model, tmp_path):
-    script = [sys.executable, "-m", "tools.segment"]
+    script = [sys.executable, "-m", "tools.segment", "--workers", "0", *PARAMS, "--scale", "1"]
     done = subprocess.run([*script, "--model", str(tmp_path / "none.caffemodel"), str(FIXTURE_LOG), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("error:") and "none.caffemodel" in done.stderr
@@ -213,6 +218,11 @@ def test_cli_bad_input(model, tmp_path):
     done = subprocess.run([*script, "--model", str(model), str(tmp_path / "broken.png"), "--out",
                            str(tmp_path / "o"), "--tile", "100"], capture_output=True, text=True)
     assert done.returncode == 2 and "--tile" in done.stderr
+    # no instance parameters: neither objects.json nor the three flags (no silent default threshold)
+    done = subprocess.run([sys.executable, "-m", "tools.segment", "--workers", "0", "--scale", "1", "--model",
+                           str(model), str(tmp_path / "broken.png"), "--params", str(tmp_path / "none.json"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error: no instance parameters")
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -280,12 +290,13 @@ def fake_runs(root, model):
     _write_split(real / "test.h5", np.stack(data), np.stack(label), source_index=np.array(index, np.int32),
                  origin=np.array(origin, np.int32))
     _write_split(real / "val.h5", np.stack(data[::-1]), np.stack(label[::-1]))
-    with h5py.File(real / "test_full.h5", "w") as f:
-        for i, (image, mask) in enumerate(images):
-            f[f"images/{i}"] = image
-            f[f"masks/{i}"] = mask.astype(np.uint8)
-            f[f"images/{i}"].attrs["name"] = f"test-data/img{i}.tif"
-            f[f"masks/{i}"].attrs["name"] = f"test-data/img{i}.tif"
+    for split, pairs in (("test", images), ("val", images[::-1])):
+        with h5py.File(real / f"{split}_full.h5", "w") as f:
+            for i, (image, mask) in enumerate(pairs):
+                f[f"images/{i}"] = image
+                f[f"masks/{i}"] = mask.astype(np.uint8)
+                f[f"labels/{i}"] = mask_labels(mask)
+                f[f"images/{i}"].attrs["name"] = f"{split}-data/img{i}.tif"
     for folder, kind, splits in ((syn, "synthetic", {"test": 5}), (real, "real", {"test": len(data)})):
         manifest = {"kind": kind, "patch_size": P, "seed": 0, "formats": ["hdf5"],
                     "splits": {s: {"n": n, "cell_fraction": 0.2} for s, n in splits.items()},
@@ -325,7 +336,8 @@ def test_report_end_to_end(model, tmp_path):
     after = next(r for r in table["rows"] if (r["model"], r["protocol"]) == ("after", "val-threshold"))
     mcc = f"{after['mcc']:.3f} [{after['ci']['mcc'][0]:.3f}, {after['ci']['mcc'][1]:.3f}]"
     for text in ("Table 1", "paper: after fine-tuning", "0.740", "ours: after, t from val", mcc,
-                 "Otsu per whole image", "base_lr: 0.01", "Caffe version", "BLAS", "ab" * 32, "test-data/img0.tif"):
+                 "Otsu per whole image", "Counting cells (object level)", "Otsu per image + watershed",
+                 "base_lr: 0.01", "Caffe version", "BLAS", "ab" * 32, "test-data/img0.tif"):
         assert text in page and text in md, text
     assert not [p for p in runs.iterdir() if p.name.startswith(".")]  # no temporary folder left
     # Unchanged inputs: nothing is rebuilt.

@@ -17,8 +17,9 @@ outlines give many spurious peaks. The defaults were picked on that check (test 
 network output. Connected components, plateaus, domes and the watershed all use 8-connectivity, so the
 instances cover the cleaned mask exactly.
 
-``instance_labels_from_rgba`` reads ground-truth instances from a colour-coded mask such as mnfinder's
-``nucleus_masks/*.png`` (RGBA, one random colour per nucleus, background (0, 0, 0, 0)).
+Ground-truth instances come with the dataset: ``data_prep.io.mask_labels`` (colour-coded masks such as
+mnfinder's, instance labels, or the connected components of a binary mask), stored as ``labels/<i>`` in
+``<split>_full.h5``.
 
 Matching and scores
 -------------------
@@ -42,6 +43,8 @@ from skimage.feature import peak_local_max
 from skimage.measure import label as label_regions
 from skimage.morphology import disk, local_maxima, reconstruction
 from skimage.segmentation import watershed
+
+from data_prep.io import relabel_raster_order
 
 #: IoU thresholds of the Data Science Bowl 2018 score: 0.5, 0.55, ..., 0.95.
 DSB_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -105,16 +108,6 @@ def _check_probs(probs):
 # ---------------------------------------------------------------------------------------------------------
 # Instances
 # ---------------------------------------------------------------------------------------------------------
-
-def _relabel_raster_order(labels):
-    """Renumber the non-zero labels 1..n in the raster order of each label's first pixel (int32)."""
-    ids, first = np.unique(labels.ravel(), return_index=True)
-    keep = ids != 0
-    ids, first = ids[keep], first[keep]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
-    lut[ids[np.argsort(first)]] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return lut[labels]
-
 
 def _open(mask, radius):
     """Binary opening with a disk; the outside of the image neither erodes nor grows objects."""
@@ -236,7 +229,7 @@ def instances_from_mask(mask, *, opening_radius=1, min_area=20, min_distance=5, 
         distance = ndi.gaussian_filter(distance, smooth_sigma)
     markers = _markers(distance, mask, components, min_distance, min_dynamic)
     labels = watershed(-distance, markers, mask=mask, connectivity=2)
-    return _relabel_raster_order(labels)
+    return relabel_raster_order(labels)
 
 
 def _foreground(probs, threshold):
@@ -270,71 +263,6 @@ def instances_from_probs(probs, threshold, *, opening_radius=1, min_area=20, min
     return instances_from_mask(_foreground(_check_probs(probs), threshold), opening_radius=opening_radius,
                                min_area=min_area, min_distance=min_distance, smooth_sigma=smooth_sigma,
                                min_dynamic=min_dynamic)
-
-
-def instance_labels_from_rgba(rgba, *, min_fragment_area=20):
-    """Ground-truth instances from a colour-coded mask (one colour per nucleus).
-
-    The background is what ``data_prep.io.to_binary_mask`` calls background: transparent pixels
-    (alpha 0) when the alpha channel varies, otherwise black pixels (all colour channels 0). Each
-    8-connected region of one colour is one nucleus, so a colour reused for separate nuclei gives
-    separate labels: mnfinder's masks do reuse colours (4 of the 17 checked, the 16 test masks and
-    training RPE1/1, have a colour in two separate places). A part of a reused colour smaller than
-    ``min_fragment_area`` pixels is taken for a painting slip, not a nucleus: it keeps the label of that
-    colour's largest part (the label is then not connected; RPE1/1 has one, of 6 pixels, and so 82
-    nuclei, not 83). Touching nuclei of different colours stay separate.
-
-    Parameters
-    ----------
-    rgba : array_like of uint8, shape (H, W, 3) or (H, W, 4)
-        RGB or RGBA image (an RGB image has a black background).
-    min_fragment_area : int, >= 0
-        Parts of a reused colour below this size join the colour's largest part; 0 = every part is its
-        own nucleus.
-
-    Returns
-    -------
-    ndarray of int32, shape (H, W)
-        0 = background, nuclei 1..n in the raster order of their first pixel. Their union is the
-        foreground.
-
-    Raises
-    ------
-    ValueError
-        Not an (H, W, 3|4) uint8 array, or ``min_fragment_area`` negative.
-    """
-    rgba = np.asarray(rgba)
-    if rgba.ndim != 3 or rgba.shape[-1] not in (3, 4) or rgba.dtype != np.uint8:
-        raise ValueError(f"rgba must be a uint8 array of shape (H, W, 3) or (H, W, 4), got {rgba.dtype} "
-                         f"{rgba.shape}")
-    min_fragment_area = _int_param(min_fragment_area, "min_fragment_area", 0)
-    if rgba.shape[-1] == 4 and rgba[..., 3].min() != rgba[..., 3].max():
-        foreground = rgba[..., 3] != 0
-    else:
-        foreground = np.any(rgba[..., :3] != 0, axis=-1)
-    key = np.zeros(rgba.shape[:2], dtype=np.int64)
-    for channel in range(rgba.shape[-1]):
-        key = (key << 8) | rgba[..., channel]
-    _, colour_index = np.unique(key[foreground], return_inverse=True)
-    colours = np.zeros(key.shape, dtype=np.int64)
-    colours[foreground] = colour_index.ravel() + 1
-    regions = label_regions(colours, background=0, connectivity=2)
-    n = int(regions.max())
-    area = np.bincount(regions.ravel(), minlength=n + 1)
-    colour_of = np.zeros(n + 1, dtype=np.int64)
-    colour_of[regions.ravel()] = colours.ravel()
-    # Largest part of each colour (ties: the first in raster order): first of its colour in this order.
-    ids = np.arange(1, n + 1)
-    order = ids[np.lexsort((ids, -area[1:], colour_of[1:]))]
-    is_first = np.ones(order.size, dtype=bool)
-    is_first[1:] = colour_of[order][1:] != colour_of[order][:-1]
-    largest = np.zeros(int(colour_of.max(initial=0)) + 1, dtype=np.int64)
-    largest[colour_of[order][is_first]] = order[is_first]
-    target = np.arange(n + 1)
-    slip = (area < min_fragment_area) & (target != largest[colour_of])
-    slip[0] = False
-    target[slip] = largest[colour_of[slip]]
-    return _relabel_raster_order(target[regions])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -12,15 +12,18 @@ the test-optimal rows re-select the threshold in each replicate. A classical bas
 whole test image (``DATA/real/test_full.h5``), is scored on exactly the test patch pixels, and the
 pretrained model is also scored on the synthetic test split (``DATA/synthetic/test.h5``).
 
-This is the only stage that runs the network on the evaluation data: it also segments the first
-``--images`` whole real test images with the fine-tuned model (tiled, at the validation threshold, with the
-report's post-processing), for the report to show. Writes to ``--out``: ``table1.md``, ``table1.json`` (the
+This is the only stage that runs the network on the evaluation data: it also counts cells, the object-level
+companion table (:mod:`tools.count`: instance parameters chosen on the whole validation images, scored on
+the whole test images, for both models and an Otsu + watershed baseline), and writes the nuclei of the first
+``--images`` whole test images found by the fine-tuned model (overlays) for the report to show.
+
+Writes to ``--out``: ``table1.md`` (Table 1, then the object-level table), ``table1.json`` (the
 contract with figures and report: rows keyed by ``model``, ``split`` and ``protocol``, ``schema_version``,
 and the ``inputs_sha256`` that lets an unchanged rerun return at once), ``roc.png`` (before and after, Otsu
 and the paper's operating points), ``probs_before.npy`` / ``probs_after.npy`` (float32 (N, P, P), real test
 patches in file order), ``probs_before_synthetic.npy``, one folder of evaluate outputs per model
-(``before/``, ``after/``, ``before_synthetic/``) and ``segment/`` (overlays and ``segment.json``). Prints
-Table 1.
+(``before/``, ``after/``, ``before_synthetic/``), ``objects.json`` / ``objects.md`` (the object-level
+table) and ``segment/`` (overlays and ``segment.json``). Prints Table 1 and the object-level table.
 """
 import argparse
 import sys
@@ -37,7 +40,8 @@ from cellfcn.errors import InputError
 from tools import evaluate as E
 from tools import infer
 from tools import metrics as M
-from tools import segment
+from tools import objects as O
+from tools import count, segment
 from tools.plotting import save_figure
 
 # The report's Table 1 (Marzo & La Rosa 2016), each at its MCC-optimal threshold on the test set.
@@ -101,8 +105,6 @@ def load_full_masks(path, indices):
     truth : dict of int -> ndarray of bool
         The ground-truth masks, to check that patches and whole images line up.
     """
-    from skimage.filters import threshold_otsu
-
     if not path.is_file():
         raise InputError(f"whole-image file not found: {path}")
     masks, thresholds, truth = {}, {}, {}
@@ -113,7 +115,7 @@ def load_full_masks(path, indices):
             image = f[f"images/{i}"][...].astype(np.float32)
             if image.ndim != 2 or f[f"masks/{i}"].shape != image.shape:
                 raise InputError(f"{path}: images/{i} and masks/{i} must be 2-D of the same shape")
-            t = float(threshold_otsu(image)) if np.ptp(image) > 0 else float(image.max())
+            t = count.otsu_threshold(image)
             thresholds[i] = t
             masks[i] = image > t
             truth[i] = f[f"masks/{i}"][...] != 0
@@ -183,16 +185,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
     p.add_argument("--thresholds", type=int, default=1001, help="thresholds on the curves (default: %(default)s)")
     p.add_argument("--images", type=int, default=2, help="whole test images to segment (default: %(default)s)")
-    p.add_argument("--opening", type=int, default=1,
-                   help="post-processing of the whole-image masks: opening radius (default: %(default)s)")
-    p.add_argument("--min-area", type=int, default=30,
-                   help="post-processing: remove objects smaller than this (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute even if the inputs are unchanged")
     args = p.parse_args(argv)
     if args.bootstrap < 1 or args.batch < 1 or args.thresholds < 2 or args.images < 0:
         p.error("--bootstrap and --batch must be positive, --thresholds at least 2, --images >= 0")
-    if args.opening < 0 or args.min_area < 0:
-        p.error("--opening and --min-area must be >= 0")
     return args
 
 
@@ -239,7 +235,8 @@ def inputs(args):
         if not path.is_file():
             raise InputError(f"model not found: {path} (train it first: make {MODELS[key]})")
     paths = {"test": data / "real" / "test.h5", "val": data / "real" / "val.h5",
-             "test_full": data / "real" / "test_full.h5", "synthetic_test": data / "synthetic" / "test.h5"}
+             "test_full": data / "real" / "test_full.h5", "val_full": data / "real" / "val_full.h5",
+             "synthetic_test": data / "synthetic" / "test.h5"}
     for path in paths.values():
         if not path.is_file():
             raise InputError(f"data file not found: {path} (run `make data`)")
@@ -250,7 +247,8 @@ def inputs(args):
     return models, paths, key
 
 
-OUTPUTS = ("table1.md", "roc.png", "probs_before.npy", "probs_after.npy", "probs_before_synthetic.npy")
+OUTPUTS = ("table1.md", "roc.png", "probs_before.npy", "probs_after.npy", "probs_before_synthetic.npy",
+           "objects.json", "objects.md", "segment/segment.json")
 
 
 def is_current(out, key):
@@ -264,20 +262,19 @@ def is_current(out, key):
         return False
 
 
-def segment_whole_images(net, full_path, out, threshold, args):
-    """Segment the first ``args.images`` whole test images into ``out``; return their records."""
-    out.mkdir(parents=True, exist_ok=True)
+def segment_whole_images(out, test, probs, labels, row, n_images):
+    """Write the nuclei the fine-tuned model finds in the first ``n_images`` whole test images (overlays with
+    the truth's outlines) and ``segment.json``; return its records."""
     records = []
-    with h5py.File(full_path, "r") as f:
-        for key in sorted(f["images"], key=int)[:args.images]:
-            image = f["images"][key][()].astype(np.float32)
-            truth = f["masks"][key][()] != 0
-            name = f["images"][key].attrs.get("name", key)
-            record = segment.segment_and_save(net, image, out, f"segment_{int(key):02d}", threshold, args.opening,
-                                              args.min_area, truth)
-            records.append(dict(record, image=name.decode() if isinstance(name, bytes) else str(name)))
-    files.write_json(out / "segment.json", {"threshold": threshold, "opening": args.opening,
-                                            "min_area": args.min_area, "images": records})
+    for i, (name, image, gt) in enumerate(zip(test["names"], test["images"], test["labels"])):
+        if i == n_images:
+            break
+        names = segment.save_outputs(out, f"segment_{i:02d}", image, probs[i], labels[i], gt)
+        scores = O.object_scores(gt, labels[i])
+        records.append({"image": name, "shape": list(image.shape), "cells_true": scores["n_gt"],
+                        "cells": scores["n_pred"], **{k: count.number(scores[k]) for k in ("f1", "dsb_score")},
+                        "files": names})
+    files.write_json(out / "segment.json", {"model": "after", "params": row["params"], "images": records})
     return records
 
 
@@ -290,9 +287,10 @@ def run(args):
         print(f"evaluate: up to date ({out / 'table1.json'}; --force recomputes)", file=sys.stderr)
         return (out / "table1.md").read_text()
     test, val, synthetic = (E.load_split(paths[k]) for k in ("test", "val", "synthetic_test"))
+    full = {k: count.load_full(paths[f"{k}_full"]) for k in ("val", "test")}
     otsu_pred, otsu_thresholds = otsu_patches(test, paths["test_full"])
 
-    rows, curves, probs = [], [], {}
+    rows, curves, probs, maps = [], [], {}, {}
     for key_, model in models.items():
         net = infer.load_model(model, args.deploy, args.gpu)
         probs[key_] = infer.predict(net, test["data"], args.batch, desc=f"{key_}: real test")
@@ -300,12 +298,11 @@ def run(args):
         if key_ == "before":
             probs["before_synthetic"] = infer.predict(net, synthetic["data"], args.batch,
                                                       desc="before: synthetic test")
+        maps[key_] = {k: count.whole_image_maps(net, full[k]["images"], f"{key_}: whole {k} images")
+                      for k in ("val", "test")}
         res, model_table = model_rows(key_, model, probs[key_], val_prob, test, val, out, args)
         rows += model_table
         curves.append((f"ours: {key_}", res))
-        if key_ == "after" and args.images:
-            threshold = model_table[1]["threshold"]  # the validation-chosen one
-            segment_whole_images(net, paths["test_full"], out / "segment", threshold, args)
         del net
     otsu = otsu_row(otsu_pred, otsu_thresholds, test, args)
     rows.append(otsu)
@@ -329,6 +326,11 @@ def run(args):
             "set (the paper's protocol); t from val: MCC-optimal threshold on the validation split. "
             f"[95% bootstrap intervals, {args.bootstrap} replicates, resampling the {n_images} "
             "test images (the synthetic row: its patches).]\n\n" + markdown(rows, PAPER))
+    val_thresholds = {r["model"]: r["threshold"] for r in rows if r["protocol"] == "val-threshold"}
+    object_rows, instances = count.evaluate_objects(maps, full["val"], full["test"], val_thresholds)
+    text += "\n" + count.write_outputs(out, object_rows, full["val"], full["test"])
+    segment_whole_images(out / "segment", full["test"], maps["after"]["test"], instances["after"],
+                         next(r for r in object_rows if r["model"] == "after"), args.images)
     files.write_text(out / "table1.md", text)
     meta = {"models": {k: str(v) for k, v in models.items()}, "deploy": str(args.deploy),
             "data": {k: str(v) for k, v in paths.items()},

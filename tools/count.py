@@ -1,0 +1,234 @@
+"""Counting cells: object-level results beside Table 1 (called by ``make evaluate``, :mod:`tools.table1`).
+
+Nuclei are cut out of a probability map by :func:`tools.objects.instances_from_probs` (threshold, opening,
+removal of small objects, marker-based watershed on the distance transform). Its parameters are chosen per
+model on the whole validation images (``val_full.h5``) by :func:`tools.objects.choose_instance_params`
+(pooled F1 at IoU 0.5 over a small grid), never on test; the chosen setting is then scored on the whole test
+images (``test_full.h5``) against their ground-truth instance labels (``labels/<i>``, written by
+``data_prep``): per image and pooled, precision, recall and F1 at IoU 0.5 (one-to-one Hungarian matching),
+the DSB2018 score and the count errors.
+
+Models: ``before`` and ``after`` fine-tuning (probability maps of the whole images, tiled by
+:func:`tools.infer.segment_image`) and ``otsu``, the classical baseline: Otsu's threshold per whole image,
+then the same watershed, its opening and minimum area chosen on the validation images too.
+
+Writes ``objects.json`` (``schema_version``, one row per model: chosen ``params``, validation F1/DSB,
+``pooled`` scores, per-image ``images``; undefined ratios are ``null``) and ``objects.md``.
+"""
+import math
+import sys
+
+import h5py
+import numpy as np
+
+from cellfcn import files
+from cellfcn.errors import InputError
+from tools import infer
+from tools import objects as O
+
+OBJECTS_SCHEMA = 1
+# The parameter grids searched on the validation images (kept small: each setting is a watershed per image);
+# make evaluate adds each model's Table 1 validation threshold to NET_GRID's.
+NET_GRID = {"thresholds": (0.3, 0.5, 0.7), "opening_radii": (0, 1), "min_areas": (10, 30)}
+OTSU_GRID = {"thresholds": (0.5,), "opening_radii": (0, 1, 2), "min_areas": (10, 30)}  # maps are 0/1
+NAMES = {"before": "ours: before fine-tuning", "after": "ours: after fine-tuning",
+         "otsu": "Otsu per image + watershed"}
+POOLED = ("n_images", "n_gt", "n_pred", "precision", "recall", "f1", "dsb_score", "mean_image_dsb_score",
+          "mean_abs_count_error", "mean_rel_count_error")
+PER_IMAGE = ("n_gt", "n_pred", "precision", "recall", "f1", "dsb_score", "count_error", "rel_count_error")
+
+
+def load_full(path):
+    """Whole images and their instance labels from a ``<split>_full.h5`` file.
+
+    Returns
+    -------
+    dict
+        ``names`` (list of str), ``images`` (list of (H, W) float32 in [0, 1]), ``labels`` (list of (H, W)
+        int32), in index order.
+
+    Raises
+    ------
+    InputError
+        Missing file, neither ``labels`` nor ``masks``, or shapes that differ.
+
+    Notes
+    -----
+    A file without ``labels/<i>`` (a dataset built before they existed) falls back to the connected
+    components of ``masks/<i>``, as ``data_prep`` labels a binary mask, with a warning: touching nuclei
+    are then one object in the truth.
+    """
+    from data_prep.io import mask_labels
+
+    if not path.is_file():
+        raise InputError(f"whole-image file not found: {path} (run `make data`)")
+    out = {"names": [], "images": [], "labels": []}
+    with h5py.File(path, "r") as f:
+        group = "labels" if "labels" in f else "masks"
+        if group not in f or "images" not in f:
+            raise InputError(f"{path}: no images/<i> with labels/<i> or masks/<i> (run `make data`)")
+        if group == "masks":
+            print(f"warning: {path} has no instance labels: using the masks' connected components (touching "
+                  "nuclei count as one; `make data` rebuilds the dataset with them)", file=sys.stderr)
+        for key in sorted(f["images"], key=int):
+            if key not in f[group]:
+                raise InputError(f"{path}: images/{key} has no {group}/{key}")
+            image, labels = f["images"][key][()].astype(np.float32), f[group][key][()]
+            if group == "masks":
+                labels = mask_labels(labels != 0, f"{path}:masks/{key}")
+            if image.ndim != 2 or labels.shape != image.shape:
+                raise InputError(f"{path}: images/{key} and {group}/{key} must be 2-D of the same shape")
+            name = f["images"][key].attrs.get("name", key)
+            out["names"].append(name.decode() if isinstance(name, bytes) else str(name))
+            out["images"].append(image)
+            out["labels"].append(labels.astype(np.int32))
+    return out
+
+
+def whole_image_maps(net, images, desc):
+    """Probability maps of whole images (tiled forward passes), with a progress bar."""
+    from tqdm import tqdm
+
+    return [infer.segment_image(net, image) for image in tqdm(images, desc=desc, unit="image", file=sys.stderr,
+                                                                 leave=False)]
+
+
+def otsu_threshold(image):
+    """Otsu's threshold of one image (its maximum for a constant image, so nothing is foreground)."""
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(image)) if np.ptp(image) > 0 else float(image.max())
+
+
+def otsu_maps(images):
+    """The Otsu baseline as probability maps: 1.0 where ``image > otsu_threshold(image)``, else 0.0."""
+    return [(image > otsu_threshold(image)).astype(np.float32) for image in images]
+
+
+def number(value):
+    """A float for JSON: NaN (an undefined ratio) becomes None."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def model_row(key, val_maps, val, test_maps, test, grid):
+    """Choose the instance parameters on the validation images, score them on the test images.
+
+    Returns
+    -------
+    row : dict
+        ``model``, ``name``, ``params``, ``val`` (pooled F1 and DSB score of the chosen setting), ``pooled``
+        and ``images`` (per test image) scores.
+    predictions : list of (H, W) int32
+        Instance labels of the test images.
+    """
+    chosen = O.choose_instance_params(val_maps, val["labels"], **grid)
+    predictions = [O.instances_from_probs(p, **chosen["params"]) for p in test_maps]
+    scores = [O.object_scores(gt, pred) for gt, pred in zip(test["labels"], predictions)]
+    pooled = O.pooled_object_scores(scores)
+    at = O.DSB_IOU_THRESHOLDS.index(O.MATCH_IOU)
+    row = {"model": key, "name": NAMES[key], "params": chosen["params"], "grid": grid,
+           "val": {k: number(chosen["scores"][k]) for k in ("f1", "dsb_score")},
+           "pooled": {**{k: number(pooled[k]) for k in POOLED},
+                      **{k: pooled[k][at] for k in ("tp", "fp", "fn")}},
+           "images": [{"image": name, **{k: number(s[k]) for k in PER_IMAGE}}
+                      for name, s in zip(test["names"], scores)]}
+    return row, predictions
+
+
+def evaluate_objects(maps, val, test, val_thresholds=None):
+    """Object-level rows of every model.
+
+    Parameters
+    ----------
+    maps : dict of model key -> {"val": list of maps, "test": list of maps}
+        Probability maps of the network models (``before``, ``after``), in file order.
+    val, test : dict
+        From :func:`load_full`.
+    val_thresholds : dict of model key -> float, optional
+        A threshold chosen on the validation data to add to that model's grid (``make evaluate`` adds Table
+        1's MCC-optimal validation threshold: a model whose probabilities sit below the fixed grid, as a
+        briefly trained one's may, still gets a threshold that finds its nuclei).
+
+    Returns
+    -------
+    rows : list of dict
+        One per model (the networks', then ``otsu``), see :func:`model_row`.
+    predictions : dict of model key -> list of instance label images of the test images
+    """
+    val_thresholds = val_thresholds or {}
+    grids = {key: {**NET_GRID, "thresholds": tuple(sorted({*NET_GRID["thresholds"],
+                                                           *([round(float(val_thresholds[key]), 4)]
+                                                             if key in val_thresholds else [])}))}
+             for key in maps}
+    grids["otsu"] = OTSU_GRID
+    maps = {**maps, "otsu": {"val": otsu_maps(val["images"]), "test": otsu_maps(test["images"])}}
+    rows, predictions = [], {}
+    for key, grid in grids.items():
+        row, predictions[key] = model_row(key, maps[key]["val"], val, maps[key]["test"], test, grid)
+        rows.append(row)
+    return rows, predictions
+
+
+def _cell(value, digits=3):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(rows):
+    """The object-level table in Markdown."""
+    header = ["Model", "threshold", "opening", "min area", "precision", "recall", "F1", "DSB score",
+              "mean image DSB", "cells (truth / found)", "mean abs count error", "mean rel count error",
+              "val F1"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        p, s = row["params"], row["pooled"]
+        threshold = "Otsu" if row["model"] == "otsu" else f"{p['threshold']:.2f}"
+        cells = [row["name"], threshold, str(p["opening_radius"]), str(p["min_area"]),
+                 *(_cell(s[k]) for k in ("precision", "recall", "f1", "dsb_score", "mean_image_dsb_score")),
+                 f"{s['n_gt']} / {s['n_pred']}", _cell(s["mean_abs_count_error"], 1),
+                 _cell(s["mean_rel_count_error"]), _cell(row["val"]["f1"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def caption(n_images, n_val):
+    """The text above the table."""
+    return (f"Object-level results on the {n_images} whole real test images: nuclei from a threshold, an "
+            "opening, the removal of small objects and a marker-based watershed on the distance transform, "
+            f"each model's parameters chosen on the {n_val} validation images (pooled F1). Precision, recall "
+            "and F1: unique one-to-one matching at IoU >= 0.5, pooled over the images; DSB score: mean over "
+            "IoU 0.5-0.95 of TP / (TP + FP + FN), pooled (mean image DSB: its mean over images); count "
+            "errors: |found - true| per image, absolute and relative to the true count.\n\n")
+
+
+def write_outputs(out, rows, val, test):
+    """Write ``objects.json`` and ``objects.md`` into ``out``; return the Markdown text."""
+    text = "Counting cells (object level). " + caption(len(test["names"]), len(val["names"])) + markdown(rows)
+    files.write_text(out / "objects.md", text)
+    files.write_json(out / "objects.json", {"schema_version": OBJECTS_SCHEMA, "match_iou": O.MATCH_IOU,
+                                            "dsb_iou_thresholds": list(O.DSB_IOU_THRESHOLDS),
+                                            "val_images": val["names"], "test_images": test["names"],
+                                            "rows": rows})
+    return text
+
+
+def load_objects(path):
+    """Read ``objects.json`` and check its schema.
+
+    Raises
+    ------
+    InputError
+        Missing or malformed file, or another schema version.
+    """
+    table = files.read_json(path, "object-level results (run `make evaluate`)")
+    if table.get("schema_version") != OBJECTS_SCHEMA:
+        raise InputError(f"{path} has schema {table.get('schema_version')}, this version reads "
+                         f"{OBJECTS_SCHEMA}: run `make evaluate` again")
+    return table
+
+
+def chosen_params(path, model="after"):
+    """The instance parameters ``make evaluate`` chose on the validation images for ``model``."""
+    for row in load_objects(path)["rows"]:
+        if row.get("model") == model:
+            return dict(row["params"])
+    raise InputError(f"{path} has no row for model={model}: run `make evaluate` again")
