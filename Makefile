@@ -109,7 +109,7 @@ deps: ## install the Debian build/runtime packages (root; otherwise prints the c
 $(VENV)/.stamp: requirements.txt pyproject.toml tools/make_env.sh
 	@tools/make_env.sh "$(PYTHON_BASE)" "$(VENV)"
 
-env: $(VENV)/.stamp ## create .venv with the pinned Python packages; pycaffe importable from it
+env: $(VENV)/.stamp ## create .venv: pinned packages, this repository in editable mode, our pycaffe
 
 ifeq ($(OWN_CAFFE),)
 caffe: deps env ## build BVLC Caffe + pycaffe into .caffe/ (GPU=1: CUDA build into .caffe-cuda/)
@@ -161,7 +161,7 @@ finetune: pretrain ## fine-tune the pretrained model on the real patches (`caffe
 	  --weights "$(RUNS)/pretrain/final.caffemodel" \
 	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) --seed $(SEED) $(EPOCH_ARGS_FINETUNE) $(GPU_ARGS)
 
-evaluate: finetune ## Table 1 before/after fine-tuning, Otsu baseline, ROC, figures -> runs/eval/
+evaluate: finetune ## Table 1 before/after, Otsu baseline, ROC, the object-level table -> runs/eval/
 	@$(TIMED) evaluate $(PY) -m tools.table1 --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
 
 report: evaluate ## one HTML + Markdown report under runs/report/
