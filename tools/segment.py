@@ -85,9 +85,15 @@ def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PC
 
 
 def dataset_preprocessing(manifest):
-    """``scale`` and ``percentiles`` a dataset was built with, from its ``manifest.json`` (data_prep)."""
+    """``scale`` and ``percentiles`` a dataset was built with, from its ``manifest.json`` (data_prep).
+
+    Every data_prep manifest records its percentiles; a missing one means the file is not such a manifest, not
+    a default. Only a dataset built without resizing (synthetic) records no scale: it was built at 1.
+    """
     params = files.read_json(manifest, "dataset manifest").get("parameters", {})
-    return float(params.get("scale") or 1.0), tuple(params.get("percentiles") or (PCT_LOW, PCT_HIGH))
+    if "percentiles" not in params:
+        raise InputError(f"{manifest}: no parameters.percentiles (not a data_prep manifest?)")
+    return float(params.get("scale", 1.0)), tuple(params["percentiles"])
 
 
 def overlay(image, labels, truth=None):
