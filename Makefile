@@ -11,6 +11,12 @@ PY := $(VENV)/bin/python
 QUICK ?=
 RUNS ?= $(ROOT)/runs$(if $(filter 1,$(QUICK)),/quick,)
 DATA := $(RUNS)/data
+# NET=<variant> of prototxt/net.py trains and evaluates that net; its runs go to $(RUNS)/net-<variant>/ and
+# share the data.
+NET ?= fcrn_a
+NET_RUNS := $(RUNS)$(if $(filter-out fcrn_a,$(NET)),/net-$(NET),)
+# make experiments: the default set (about 80 min on 2 cores), or full (the reproduce schedule, more seeds).
+EXPERIMENTS ?= default
 SEED ?= 0
 FORMAT ?= hdf5
 BATCH ?= 8
@@ -24,8 +30,10 @@ $(if $(filter hdf5 lmdb,$(FORMAT)),,$(error FORMAT must be hdf5 or lmdb, not '$(
 $(if $(call is_count,$(SEED),[0-9]+),,$(error SEED must be a non-negative integer, not '$(SEED)'))
 $(if $(call is_count,$(BATCH),[1-9][0-9]*),,$(error BATCH must be a positive integer, not '$(BATCH)'))
 $(if $(EPOCHS),$(if $(call is_count,$(EPOCHS),[1-9][0-9]*),,$(error EPOCHS must be a positive integer, not '$(EPOCHS)')))
+$(if $(filter fcrn_a k5 pool2 wide,$(NET)),,$(error NET must be fcrn_a, k5, pool2 or wide, not '$(NET)'))
+$(if $(filter default full,$(EXPERIMENTS)),,$(error EXPERIMENTS must be default or full, not '$(EXPERIMENTS)'))
 # make segment IN=<folder> [MODEL=<caffemodel>] [OUT=<folder>] [SCHEDULER=tcp://host:8786] [WORKERS=n]
-MODEL ?= $(RUNS)/finetune/final.caffemodel
+MODEL ?= $(NET_RUNS)/finetune/final.caffemodel
 OUT ?= $(RUNS)/segment
 SCHEDULER ?=
 WORKERS ?=
@@ -47,7 +55,7 @@ ifneq ($(strip $(GPU)),)
   CAFFE_PREFIX := $(ROOT)/.caffe-cuda
   GPU_ARGS := --gpu $(GPU_ID)
   # Say so before downloading CUDA libraries and compiling for minutes (building alone needs no device).
-  ifneq ($(filter data pretrain finetune evaluate reproduce,$(MAKECMDGOALS)),)
+  ifneq ($(filter data pretrain finetune evaluate reproduce experiments,$(MAKECMDGOALS)),)
     ifeq ($(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU $(GPU_ID):'),0)
       $(error GPU=$(GPU): no CUDA device $(GPU_ID) on this machine (nvidia-smi lists none); leave GPU unset to run on the CPU)
     endif
@@ -90,7 +98,7 @@ endif
 EPOCH_ARGS_PRETRAIN := $(if $(EPOCHS_PRETRAIN),--epochs $(EPOCHS_PRETRAIN),)
 EPOCH_ARGS_FINETUNE := $(if $(EPOCHS_FINETUNE),--epochs $(EPOCHS_FINETUNE),)
 
-.PHONY: help deps env caffe test data pretrain finetune evaluate report reproduce segment bench \
+.PHONY: help deps env caffe test data pretrain finetune evaluate report reproduce segment bench experiments \
         docker-check prototxt clean distclean
 
 help: ## list the targets
@@ -99,7 +107,8 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 	@echo
 	@echo "Variables: GPU=1 [GPU_ID=n] CUDA_ARCH=\"80 90\" QUICK=1 SEED=$(SEED) FORMAT=hdf5|lmdb BATCH=$(BATCH)"
-	@echo "           EPOCHS=n CONFIG=default|paper RUNS=$(RUNS) BENCH_PEER=0|1 TEST_ARGS=<pytest args>"
+	@echo "           EPOCHS=n CONFIG=default|paper NET=fcrn_a|k5|pool2|wide EXPERIMENTS=default|full"
+	@echo "           RUNS=$(RUNS) BENCH_PEER=0|1 TEST_ARGS=<pytest args>"
 	@echo "           CAFFE_ROOT=<prefix> | CAFFE=<bin> PYCAFFE=<dir>  (use your own Caffe build)"
 	@echo "  segment: IN=<folder> MODEL=<caffemodel> OUT=<folder> SCHEDULER=tcp://host:8786 WORKERS=n (0: serial)"
 
@@ -144,7 +153,7 @@ prototxt: env ## regenerate the committed prototxt/ and solvers/ from net.py and
 	@$(PY) -m solvers.solve --write-defaults solvers
 
 # Each stage's wall time goes to $(RUNS)/timings.tsv; `make reproduce` prints it.
-TIMED = tools/stage_time.sh "$(RUNS)"
+TIMED = tools/stage_time.sh "$(NET_RUNS)"
 
 data: caffe ## build the synthetic and real datasets under runs/data/
 	@$(TIMED) data-synthetic $(PY) -m data_prep synthetic --out "$(DATA)/synthetic" --seed $(SEED) --format both \
@@ -153,31 +162,37 @@ data: caffe ## build the synthetic and real datasets under runs/data/
 	  --preview "$(DATA)/real_preview.png" $(REAL_ARGS)
 
 pretrain: data ## train FCRN-A on the synthetic patches with `caffe train` (resumes if interrupted)
-	@$(TIMED) pretrain $(PY) -m tools.train --stage pretrain --data "$(DATA)/synthetic" --out "$(RUNS)/pretrain" \
-	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) --seed $(SEED) $(EPOCH_ARGS_PRETRAIN) $(GPU_ARGS)
+	@$(TIMED) pretrain $(PY) -m tools.train --stage pretrain --data "$(DATA)/synthetic" --out "$(NET_RUNS)/pretrain" \
+	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) --seed $(SEED) --net $(NET) $(EPOCH_ARGS_PRETRAIN) $(GPU_ARGS)
 
 finetune: pretrain ## fine-tune the pretrained model on the real patches (`caffe train --weights`)
-	@$(TIMED) finetune $(PY) -m tools.train --stage finetune --data "$(DATA)/real" --out "$(RUNS)/finetune" \
-	  --weights "$(RUNS)/pretrain/final.caffemodel" \
-	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) --seed $(SEED) $(EPOCH_ARGS_FINETUNE) $(GPU_ARGS)
+	@$(TIMED) finetune $(PY) -m tools.train --stage finetune --data "$(DATA)/real" --out "$(NET_RUNS)/finetune" \
+	  --weights "$(NET_RUNS)/pretrain/final.caffemodel" \
+	  --format $(FORMAT) --batch $(BATCH) --config $(CONFIG) --seed $(SEED) --net $(NET) $(EPOCH_ARGS_FINETUNE) $(GPU_ARGS)
 
 evaluate: finetune ## Table 1 before/after, Otsu baseline, ROC, the object-level table -> runs/eval/
-	@$(TIMED) evaluate $(PY) -m tools.table1 --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/eval" $(GPU_ARGS)
+	@$(TIMED) evaluate $(PY) -m tools.table1 --runs "$(NET_RUNS)" --data "$(DATA)" --out "$(NET_RUNS)/eval" $(GPU_ARGS)
 
 report: evaluate ## one HTML + Markdown report under runs/report/
-	@$(TIMED) report $(PY) -m tools.report --runs "$(RUNS)" --data "$(DATA)" --out "$(RUNS)/report"
+	@$(TIMED) report $(PY) -m tools.report --runs "$(NET_RUNS)" --data "$(DATA)" --out "$(NET_RUNS)/report"
 
 reproduce: report ## the whole pipeline: data, pretrain, fine-tune, evaluate, report; prints Table 1
-	@cat "$(RUNS)/eval/table1.md"
-	@echo; echo "Wall time of each stage's latest run ($(RUNS)/timings.tsv):"
+	@cat "$(NET_RUNS)/eval/table1.md"
+	@echo; echo "Wall time of each stage's latest run ($(NET_RUNS)/timings.tsv):"
 	@awk -F'\t' '{ t += $$2; printf "  %-15s %8.1f s\n", $$1, $$2 } \
-	  END { printf "  %-15s %8.1f s (%.1f min)\n", "total", t, t / 60 }' "$(RUNS)/timings.tsv"
-	@echo "Report: $(RUNS)/report/index.html"
+	  END { printf "  %-15s %8.1f s (%.1f min)\n", "total", t, t / 60 }' "$(NET_RUNS)/timings.tsv"
+	@echo "Report: $(NET_RUNS)/report/index.html"
 
 segment: caffe ## count nuclei in every image of IN=<folder> -> OUT (maps, labels, overlays, counts.csv)
-	@$(PY) -m tools.segment "$(IN)" --model "$(MODEL)" --out "$(OUT)" --params "$(RUNS)/eval/objects.json" \
+	@$(PY) -m tools.segment "$(IN)" --model "$(MODEL)" --out "$(OUT)" --params "$(NET_RUNS)/eval/objects.json" \
 	  --manifest "$(DATA)/real/manifest.json" $(if $(SCHEDULER),--scheduler "$(SCHEDULER)",) \
 	  $(if $(WORKERS),--workers $(WORKERS),) $(GPU_ARGS)
+
+# Table 2 under $(RUNS)/experiments/; an interrupted run goes on where it stopped, finished runs are kept.
+experiments: caffe ## Table 2: the report's claim and suggestions tested over seeds -> runs/experiments/
+	@$(PY) -m tools.experiments --out "$(RUNS)/experiments" --set $(if $(filter 1,$(QUICK)),quick,$(EXPERIMENTS)) \
+	  $(GPU_ARGS)
+	@echo "Table 2: $(RUNS)/experiments/table2.md (plots beside it; \`make report\` adds them to the report)"
 
 bench: caffe $(VENV)/.bench-stamp ## speed: Caffe vs PyTorch training step, segmentation, simcep -> runs/bench/
 	@$(PY) -m bench.run_all --out "$(RUNS)/bench" $(if $(filter 1,$(QUICK)),--quick,)

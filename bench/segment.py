@@ -18,6 +18,7 @@ import numpy as np
 from bench import flops, harness, machine
 from bench.train_step import build_info
 from cellfcn import caffe_env
+from prototxt.net import DEPLOY
 from tools import infer
 
 
@@ -72,7 +73,7 @@ class CaffeSegment(_Segmenter):
         super().__init__(size, tile, margin, seed, warmup)
         caffe = caffe_env.import_caffe()
         caffe.set_random_seed(seed)
-        self.net = infer.load_model(weights) if weights else caffe.Net(str(infer.DEPLOY), caffe.TEST)
+        self.net = infer.load_model(weights) if weights else caffe.Net(str(DEPLOY), caffe.TEST)
         self.params = fcrn_torch.caffe_params(self.net)
         self._warm()
 

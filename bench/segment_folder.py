@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cellfcn import caffe_env, cli, files
+from prototxt.net import DEPLOY
 from tools import infer
 
 
@@ -41,7 +42,7 @@ def random_model(path):
     """Save the deploy net with its initial (filler) weights."""
     caffe = caffe_env.import_caffe()
     caffe.set_random_seed(0)
-    caffe.Net(str(infer.DEPLOY), caffe.TEST).save(str(path))
+    caffe.Net(str(DEPLOY), caffe.TEST).save(str(path))
     return path
 
 

@@ -196,6 +196,32 @@ def decode_datum(record):
 
 
 # ------------------------------------------------------------------------------- nets and their weights
+def read_model(model):
+    """The NetParameter of a ``.caffemodel``.
+
+    Raises
+    ------
+    InputError
+        A missing or empty file, or not a binary NetParameter.
+    """
+    from google.protobuf.message import DecodeError
+
+    model = Path(model)
+    if not model.is_file() or model.stat().st_size == 0:
+        raise InputError(f"model not found or empty: {model}")
+    param = caffe_pb2().NetParameter()
+    try:
+        param.ParseFromString(model.read_bytes())
+    except DecodeError:
+        raise InputError(f"{model}: not a caffemodel (NetParameter) file") from None
+    return param
+
+
+def model_name(model):
+    """The name of the net a ``.caffemodel`` was trained as (Caffe stores the train net's name)."""
+    return read_model(model).name
+
+
 def check_weights(net, model):
     """Check that ``model`` gives every learnable layer of ``net`` its weights, with matching shapes.
 
@@ -213,16 +239,7 @@ def check_weights(net, model):
     InputError
         Not a caffemodel, a layer missing, or a blob of another count or shape (the message names the layer).
     """
-    from google.protobuf.message import DecodeError
-
-    model = Path(model)
-    if not model.is_file() or model.stat().st_size == 0:
-        raise InputError(f"model not found or empty: {model}")
-    param = caffe_pb2().NetParameter()
-    try:
-        param.ParseFromString(model.read_bytes())
-    except DecodeError:
-        raise InputError(f"{model}: not a caffemodel (NetParameter) file") from None
+    param = read_model(model)
     saved = {layer.name: layer.blobs for layer in param.layer if layer.blobs}
     if not saved:
         raise InputError(f"{model}: not a caffemodel (no layer holds weights)")

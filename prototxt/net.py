@@ -5,6 +5,11 @@ conv1 32 - ReLU - pool | conv2 64 - ReLU - pool | conv3 128 - ReLU - pool | conv
 3 x (bilinear x2 upsampling - ReLU - conv 128/64/32) | ReLU | 1x1 conv to 2 scores.
 The upsampling is a fixed bilinear Deconvolution (kernel 4, stride 2, pad 1, one group per channel,
 lr_mult 0), as in FCRN-A. The committed prototxt/ files are this script's output (``make prototxt``).
+
+``VARIANTS`` holds FCRN-A and the changes the report suggests in section 7.3 (``make experiments``): ``k5``
+(5x5 kernels: a 68x68 receptive field), ``pool2`` (two poolings and two upsamplings: less spatial
+information lost, a 26x26 receptive field) and ``wide`` (every layer twice as wide: 4x the parameters). A
+trained model names its variant: its net is called ``<variant>_<stage>_train``.
 """
 import argparse
 import sys
@@ -15,6 +20,14 @@ from cellfcn.constants import FORMATS, STAGES, TEST_SPLIT
 from cellfcn.errors import InputError
 
 DEPLOY = Path(__file__).resolve().parent / "deploy.prototxt"
+DEFAULT = "fcrn_a"
+# Kernel size, channels of conv1..conv7 and the number of 2x2 poolings (each undone by one upsampling).
+VARIANTS = {
+    "fcrn_a": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3),
+    "k5": dict(kernel=5, widths=(32, 64, 128, 512, 128, 64, 32), pools=3),
+    "pool2": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=2),
+    "wide": dict(kernel=3, widths=(64, 128, 256, 1024, 256, 128, 64), pools=3),
+}
 
 
 def _caffe():
@@ -22,12 +35,20 @@ def _caffe():
     return caffe, caffe.layers, caffe.params
 
 
-def fcrn_a(n, bottom):
-    """Add the FCRN-A body to NetSpec ``n`` on top of blob ``bottom``; return the 2-channel score blob."""
+def _spec(variant):
+    if variant not in VARIANTS:
+        raise ValueError(f"net must be one of {sorted(VARIANTS)}, got {variant!r}")
+    return VARIANTS[variant]
+
+
+def fcrn_a(n, bottom, variant=DEFAULT):
+    """Add the body of net ``variant`` to NetSpec ``n`` on top of blob ``bottom``; return the 2-channel score
+    blob. Pooling follows conv1..conv<pools>; an upsampling precedes each of the last ``pools`` of conv5..7."""
+    spec = _spec(variant)
     caffe, L, P = _caffe()
     learned = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
 
-    def conv(x, nout, ks=3):
+    def conv(x, nout, ks=spec["kernel"]):
         return L.Convolution(x, num_output=nout, kernel_size=ks, pad=ks // 2, param=learned,
                              weight_filler=dict(type="xavier"), bias_filler=dict(type="constant", value=0))
 
@@ -36,20 +57,27 @@ def fcrn_a(n, bottom):
             num_output=channels, group=channels, kernel_size=4, stride=2, pad=1, bias_term=False,
             weight_filler=dict(type="bilinear")))
 
+    widths, pools = spec["widths"], spec["pools"]
     x = bottom
-    for i, nout in enumerate((32, 64, 128), start=1):
+    for i, nout in enumerate(widths[:3], start=1):
         setattr(n, f"conv{i}", conv(x, nout))
         setattr(n, f"relu{i}", L.ReLU(getattr(n, f"conv{i}"), in_place=True))
-        setattr(n, f"pool{i}", L.Pooling(getattr(n, f"relu{i}"), pool=P.Pooling.MAX, kernel_size=2, stride=2))
-        x = getattr(n, f"pool{i}")
-    n.conv4 = conv(x, 512)
+        x = getattr(n, f"relu{i}")
+        if i <= pools:
+            setattr(n, f"pool{i}", L.Pooling(x, pool=P.Pooling.MAX, kernel_size=2, stride=2))
+            x = getattr(n, f"pool{i}")
+    n.conv4 = conv(x, widths[3])
     n.relu4 = L.ReLU(n.conv4, in_place=True)
-    x, channels = n.relu4, 512
-    for i, nout in enumerate((128, 64, 32), start=5):
-        setattr(n, f"up{i}", up(x, channels))
-        setattr(n, f"uprelu{i}", L.ReLU(getattr(n, f"up{i}"), in_place=True))
-        setattr(n, f"conv{i}", conv(getattr(n, f"uprelu{i}"), nout))
+    x, channels = n.relu4, widths[3]
+    for i, nout in enumerate(widths[4:], start=5):
+        if i > 7 - pools:
+            setattr(n, f"up{i}", up(x, channels))
+            setattr(n, f"uprelu{i}", L.ReLU(getattr(n, f"up{i}"), in_place=True))
+            x = getattr(n, f"uprelu{i}")
+        setattr(n, f"conv{i}", conv(x, nout))
         x, channels = getattr(n, f"conv{i}"), nout
+        if i < 7 and i + 1 <= 7 - pools:  # no upsampling (and its ReLU) follows
+            setattr(n, f"relu{i}", L.ReLU(x, in_place=True))
     # Xie et al. follow every convolution with a ReLU; without it conv7 and the 1x1 scores collapse into one
     # linear map.
     n.relu7 = L.ReLU(n.conv7, in_place=True)
@@ -57,7 +85,50 @@ def fcrn_a(n, bottom):
     return n.score
 
 
-def train_net(source, batch_size, fmt, phase):
+def learnable_parameters(variant=DEFAULT):
+    """Learnable weights and biases of a variant, by its layout (the bilinear upsamplings are fixed)."""
+    spec = _spec(variant)
+    k2, channels = spec["kernel"] ** 2, (1, *spec["widths"])
+    return sum(i * k2 * o + o for i, o in zip(channels, channels[1:])) + channels[-1] * 2 + 2
+
+
+def receptive_field(variant=DEFAULT):
+    """Side in pixels of the input window one conv4 unit sees (the report's 38x38 for FCRN-A)."""
+    spec = _spec(variant)
+    size, jump = 1, 1
+    for i in range(1, 5):
+        size += (spec["kernel"] - 1) * jump
+        if i <= spec["pools"] and i < 4:
+            size, jump = size + jump, jump * 2
+    return size
+
+
+def multiply_adds(variant=DEFAULT, size=128):
+    """Multiply-adds of the convolutions of a variant for one ``size`` x ``size`` input (forward pass; the fixed
+    bilinear upsamplings and the 1x1 scores left out: under 0.1%)."""
+    spec = _spec(variant)
+    channels, k2, total, scale = (1, *spec["widths"]), spec["kernel"] ** 2, 0, 1
+    for i, (c_in, c_out) in enumerate(zip(channels, channels[1:]), start=1):
+        if i >= 5 and i > 7 - spec["pools"]:
+            scale //= 2  # the upsampling before conv<i>
+        total += (size // scale) ** 2 * c_in * c_out * k2
+        if i <= spec["pools"] and i < 4:
+            scale *= 2
+    return total
+
+
+def variant_of(net_name):
+    """The variant a trained net's name (``<variant>_...``) gives; FCRN-A for names of no variant."""
+    return max((v for v in VARIANTS if net_name.startswith(f"{v}_")), key=len, default=DEFAULT)
+
+
+def deploy_path(variant=DEFAULT):
+    """The committed deploy prototxt of a variant."""
+    _spec(variant)
+    return DEPLOY if variant == DEFAULT else DEPLOY.with_name(f"deploy_{variant}.prototxt")
+
+
+def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
     """Return the NetParameter of a train (``phase='train'``) or test net over one dataset split.
 
     Parameters
@@ -67,6 +138,8 @@ def train_net(source, batch_size, fmt, phase):
     batch_size : int
     fmt : {'hdf5', 'lmdb'}
     phase : {'train', 'test'}
+    variant : str
+        A key of ``VARIANTS``.
     """
     caffe, L, P = _caffe()
     if fmt not in FORMATS:
@@ -79,19 +152,19 @@ def train_net(source, batch_size, fmt, phase):
         # Two Data layers read their databases in lockstep: same keys, same order, no shuffling.
         n.data = L.Data(source=f"{source}_data_lmdb", backend=P.Data.LMDB, batch_size=batch_size)
         n.label = L.Data(source=f"{source}_label_lmdb", backend=P.Data.LMDB, batch_size=batch_size)
-    score = fcrn_a(n, n.data)
+    score = fcrn_a(n, n.data, variant)
     n.loss = L.SoftmaxWithLoss(score, n.label)
     if phase == "test":
         n.accuracy = L.Accuracy(score, n.label)
     return n.to_proto()
 
 
-def deploy_net(height=128, width=128):
-    """Return the deploy NetParameter: Input ``data`` (1,1,H,W) -> Softmax ``prob`` (1,2,H,W)."""
+def deploy_net(height=128, width=128, variant=DEFAULT):
+    """Return the deploy NetParameter of a variant: Input ``data`` (1,1,H,W) -> Softmax ``prob`` (1,2,H,W)."""
     caffe, L, P = _caffe()
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[1, 1, height, width]))
-    n.prob = L.Softmax(fcrn_a(n, n.data))
+    n.prob = L.Softmax(fcrn_a(n, n.data, variant))
     return n.to_proto()
 
 
@@ -112,7 +185,7 @@ def write_prototxt(path, net_param, name):
 
 def default_files(batch_size=8, data_root="runs/data"):
     """Map committed file names to NetParameters: per stage, format and phase, plus the deploy net."""
-    files = {"deploy.prototxt": ("fcrn_a_deploy", deploy_net())}
+    files = {deploy_path(v).name: (f"{v}_deploy", deploy_net(variant=v)) for v in VARIANTS}
     for stage, dataset in STAGES.items():
         for fmt in FORMATS:
             for phase, split in (("train", "train"), ("test", TEST_SPLIT[stage])):

@@ -41,7 +41,7 @@ def largest_divisor(n, limit):
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def schedule(stage, n_train, batch_size, config="default", epochs=None):
+def schedule(stage, n_train, batch_size, config="default", epochs=None, iterations=None):
     """Return the iteration figures of a stage.
 
     Parameters
@@ -54,11 +54,16 @@ def schedule(stage, n_train, batch_size, config="default", epochs=None):
     epochs : int, optional
         Overrides the configuration's length; the step and snapshot intervals keep their epoch values, capped
         at the length.
+    iterations : int, optional
+        Overrides the length in iterations (not with ``epochs``): the step and snapshot intervals are the
+        same fractions of it as in the configuration, and the net is tested 10 times, so runs on training
+        sets of any size follow one schedule (``make experiments``).
 
     Returns
     -------
     dict
-        ``iters_per_epoch``, ``max_iter``, ``stepsize``, ``snapshot``, ``epochs`` and ``base_lr``.
+        ``iters_per_epoch``, ``max_iter``, ``stepsize``, ``snapshot``, ``test_interval``, ``epochs`` (a float
+        when ``iterations`` is given) and ``base_lr``.
     """
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
@@ -67,14 +72,24 @@ def schedule(stage, n_train, batch_size, config="default", epochs=None):
     if n_train < 1 or batch_size < 1:
         raise ValueError(f"need at least one training patch and a positive batch size, got {n_train}, {batch_size}")
     cfg = CONFIGS[config][stage]
+    # A partial last batch wraps around in HDF5Data/Data; ceil keeps every patch seen once per epoch.
+    ipe = math.ceil(n_train / batch_size)
+    if iterations is not None:
+        if epochs is not None:
+            raise ValueError("give epochs or iterations, not both")
+        if int(iterations) < 1:
+            raise ValueError(f"iterations must be positive, got {iterations}")
+        n = int(iterations)
+        return dict(iters_per_epoch=ipe, epochs=round(n / ipe, 3), max_iter=n, base_lr=cfg["base_lr"],
+                    stepsize=max(1, round(n * cfg["step_epochs"] / cfg["epochs"])),
+                    snapshot=max(1, round(n * cfg["snapshot_epochs"] / cfg["epochs"])),
+                    test_interval=math.ceil(n / 10))
     epochs = cfg["epochs"] if epochs is None else int(epochs)
     if epochs < 1:
         raise ValueError(f"epochs must be positive, got {epochs}")
-    # A partial last batch wraps around in HDF5Data/Data; ceil keeps every patch seen once per epoch.
-    ipe = math.ceil(n_train / batch_size)
     return dict(iters_per_epoch=ipe, epochs=epochs, max_iter=epochs * ipe, base_lr=cfg["base_lr"],
                 stepsize=min(cfg["step_epochs"], epochs) * ipe,
-                snapshot=min(cfg["snapshot_epochs"], epochs) * ipe)
+                snapshot=min(cfg["snapshot_epochs"], epochs) * ipe, test_interval=ipe)
 
 
 def solver_param(train_net, test_net, sched, n_test, test_batch, snapshot_prefix, display=None, seed=0):
@@ -90,7 +105,7 @@ def solver_param(train_net, test_net, sched, n_test, test_batch, snapshot_prefix
     s.train_net = str(train_net)
     s.test_net.append(str(test_net))
     s.test_iter.append(n_test // test_batch)
-    s.test_interval = sched["iters_per_epoch"]
+    s.test_interval = sched["test_interval"]
     s.test_initialization = True
     s.base_lr = sched["base_lr"]
     s.lr_policy = COMMON["lr_policy"]

@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from bench import fcrn_torch, flops, nets, segment, train_step
+from prototxt.net import DEPLOY
 from tools import infer
 
 torch.set_num_threads(1)
@@ -21,7 +22,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def deploy(caffe):
     caffe.set_random_seed(3)
-    return caffe.Net(str(infer.DEPLOY), caffe.TEST)
+    return caffe.Net(str(DEPLOY), caffe.TEST)
 
 
 def _torch_from(net):

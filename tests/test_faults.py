@@ -151,7 +151,8 @@ def test_two_inputs_never_write_the_same_outputs(tmp_path):
 @pytest.mark.parametrize("assignment, words", [
     ("CONFIG=fast", "CONFIG must be default or paper"), ("FORMAT=csv", "FORMAT must be hdf5 or lmdb"),
     ("SEED=-1", "SEED must be a non-negative integer"), ("BATCH=0", "BATCH must be a positive integer"),
-    ("EPOCHS=ten", "EPOCHS must be a positive integer"), ("GPU_ID=15", "no CUDA device 15")])
+    ("EPOCHS=ten", "EPOCHS must be a positive integer"), ("GPU_ID=15", "no CUDA device 15"),
+    ("NET=vgg16", "NET must be fcrn_a, k5, pool2 or wide"), ("EXPERIMENTS=all", "EXPERIMENTS must be default or full")])
 def test_make_checks_its_variables_before_any_work(tmp_path, assignment, words):
     extra = ["GPU=1"] if assignment.startswith("GPU") else []
     proc = subprocess.run(["make", "-C", str(REPO), "pretrain", assignment, *extra, f"RUNS={tmp_path / 'runs'}"],
@@ -160,3 +161,10 @@ def test_make_checks_its_variables_before_any_work(tmp_path, assignment, words):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_make_knows_every_net_variant():
+    from prototxt import net
+
+    line = next(x for x in (REPO / "Makefile").read_text().splitlines() if "NET must be" in x)
+    assert line.split("$(filter ")[1].split(",")[0].split() == list(net.VARIANTS)

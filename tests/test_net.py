@@ -12,6 +12,7 @@ from conftest import REPO, make_dataset
 
 from prototxt import net
 from solvers import solve
+from tools import infer
 
 # Learnable parameters by hand: 3x3 convs (in*9*out + out) and the 1x1 score conv; the bilinear
 # Deconvolutions are fixed (lr_mult 0) and not counted.
@@ -23,14 +24,43 @@ def test_hand_count_is_the_reports_figure():
     assert HAND_COUNT == 1_365_282
 
 
-def test_learnable_parameters_counted_with_pycaffe(caffe):
-    n = caffe.Net(str(net.DEPLOY), caffe.TEST)
-    proto = net.deploy_net()
+# The variants by hand: k5 has 25 weights per kernel, wide doubles every layer's channels; pool2 only moves
+# one pooling (same layers, same count).
+HAND_VARIANTS = {
+    "fcrn_a": (HAND_COUNT, 38),
+    "k5": (sum(i * 25 * o + o for i, o in [(1, 32), (32, 64), (64, 128), (128, 512), (512, 128), (128, 64),
+                                            (64, 32)]) + (32 * 2 + 2), 68),
+    "pool2": (HAND_COUNT, 26),
+    "wide": (sum(i * 9 * o + o for i, o in [(1, 64), (64, 128), (128, 256), (256, 1024), (1024, 256),
+                                             (256, 128), (128, 64)]) + (64 * 2 + 2), 38),
+}
+
+
+def test_every_variant_is_described_by_hand():
+    assert set(HAND_VARIANTS) == set(net.VARIANTS)
+    assert HAND_VARIANTS["k5"][0] == 3_790_626 and HAND_VARIANTS["wide"][0] == 5_458_498  # ~2.8x and 4.0x
+    for variant, (count, field) in HAND_VARIANTS.items():
+        assert net.learnable_parameters(variant) == count, variant
+        assert net.receptive_field(variant) == field, variant
+
+
+@pytest.mark.parametrize("variant", sorted(net.VARIANTS))
+def test_learnable_parameters_counted_with_pycaffe(caffe, variant):
+    n = caffe.Net(str(net.deploy_path(variant)), caffe.TEST)
+    proto = net.deploy_net(variant=variant)
     fixed = {layer.name for layer in proto.layer if layer.param and all(p.lr_mult == 0 for p in layer.param)}
-    assert fixed == {"up5", "up6", "up7"}
+    assert fixed == {f"up{i}" for i in range(8 - net.VARIANTS[variant]["pools"], 8)}
     learnable = sum(b.data.size for name, blobs in n.params.items() if name not in fixed for b in blobs)
-    assert learnable == HAND_COUNT
+    assert learnable == HAND_VARIANTS[variant][0]
     assert all(len(n.params[name]) == 1 for name in fixed)  # bias_term: false
+    assert sum(layer.type == "Pooling" for layer in proto.layer) == net.VARIANTS[variant]["pools"]
+
+
+def test_trained_nets_name_their_variant():
+    assert net.variant_of("k5_finetune_train") == "k5" and net.variant_of("wide_deploy") == "wide"
+    assert net.variant_of("fcrn_a_pretrain_train") == "fcrn_a" and net.variant_of("someone_elses") == "fcrn_a"
+    with pytest.raises(ValueError, match="net must be one of"):
+        net.deploy_path("vgg16")
 
 
 def test_upsampling_is_bilinear_and_depthwise(caffe):
@@ -41,11 +71,13 @@ def test_upsampling_is_bilinear_and_depthwise(caffe):
     np.testing.assert_allclose(w[5, 0], np.outer(ramp, ramp))
 
 
-def test_receptive_field_of_conv4_is_38(caffe):
-    n = caffe.Net(str(net.DEPLOY), caffe.TEST)
+@pytest.mark.parametrize("variant", sorted(net.VARIANTS))
+def test_receptive_field_of_conv4(caffe, variant):
+    n = caffe.Net(str(net.deploy_path(variant)), caffe.TEST)
     for name in ("conv1", "conv2", "conv3", "conv4"):  # positive weights: ReLUs pass everything
         n.params[name][0].data[...] = np.abs(n.params[name][0].data) + 1e-3
-    size, unit = 96, 6
+    stride = 2 ** net.VARIANTS[variant]["pools"]
+    size, unit = 128, 64 // stride
     n.blobs["data"].reshape(1, 1, size, size)
     n.reshape()
     base = np.full((1, 1, size, size), 0.5, np.float32)
@@ -59,10 +91,11 @@ def test_receptive_field_of_conv4_is_38(caffe):
     seen = []
     for x in range(size):  # a large bump wins every max-pool window it is in
         probe = base.copy()
-        probe[0, 0, unit * 8 + 3, x] += 1000.0
+        probe[0, 0, unit * stride + stride // 2 - 1, x] += 1000.0
         seen.append(not np.allclose(conv4(probe), ref))
     cols = np.flatnonzero(seen)
-    assert len(cols) == 38 and cols[-1] - cols[0] == 37
+    field = HAND_VARIANTS[variant][1]
+    assert len(cols) == field and cols[-1] - cols[0] == field - 1
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (64, 96), (128, 128), (200, 136)])
@@ -98,6 +131,12 @@ def test_schedule_turns_epochs_into_iterations():
         solve.schedule("pretrain", 200, 8, "fast")
     with pytest.raises(ValueError, match="epochs"):
         solve.schedule("pretrain", 200, 8, epochs=0)
+    # A length in iterations keeps the configuration's shape: step at half, snapshots at a quarter, 10 tests.
+    s = solve.schedule("finetune", 40, 8, iterations=165)
+    assert (s["max_iter"], s["stepsize"], s["snapshot"], s["test_interval"], s["epochs"]) == (165, 82, 41, 17, 33.0)
+    assert solve.schedule("finetune", 440, 8)["test_interval"] == 55  # per epoch otherwise, as before
+    with pytest.raises(ValueError, match="not both"):
+        solve.schedule("pretrain", 200, 8, epochs=2, iterations=10)
 
 
 def _train(*args, check=True):
@@ -176,3 +215,25 @@ def test_train_rejects_missing_dataset_and_weights(tmp_path):
     assert proc.returncode == 1 and "make pretrain" in proc.stderr
     proc = _train("--stage", "pretrain", "--data", syn, "--out", tmp_path / "o", "--format", "lmdb", check=False)
     assert proc.returncode == 1 and "no lmdb files" in proc.stderr
+
+
+def test_a_variant_trains_and_its_model_names_its_net(caffe, tmp_path):
+    syn = make_dataset(tmp_path / "synthetic", "synthetic", n_train=8, n_test=4, size=32)
+    real = make_dataset(tmp_path / "real", "real", n_train=8, n_test=4, size=32, seed=5)
+    _train("--stage", "pretrain", "--data", syn, "--out", tmp_path / "pool2", "--net", "pool2", "--batch", 4,
+           "--iterations", 3)
+    run = json.loads((tmp_path / "pool2" / "run.json").read_text())
+    assert (run["net"], run["max_iter"], run["stepsize"]) == ("pool2", 3, 2)  # the step at half the length
+    model = tmp_path / "pool2" / "final.caffemodel"
+    assert infer.deploy_for(model) == net.deploy_path("pool2")
+    params = infer.load_model(model).params
+    assert "up5" not in params and "up6" in params
+    _train("--stage", "pretrain", "--data", syn, "--out", tmp_path / "fcrn_a", "--batch", 4, "--iterations", 2)
+    # pool2 has FCRN-A's layers and shapes: only the name a model carries tells them apart.
+    proc = _train("--stage", "finetune", "--data", real, "--out", tmp_path / "ft", "--net", "pool2", "--weights",
+                  tmp_path / "fcrn_a" / "final.caffemodel", "--iterations", 2, check=False)
+    assert proc.returncode == 1 and "is a model of net 'fcrn_a', not 'pool2'" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "ft" / "train.log").exists()
+    proc = _train("--stage", "pretrain", "--data", syn, "--out", tmp_path / "x", "--epochs", 1, "--iterations", 2,
+                  check=False)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr

@@ -1,8 +1,16 @@
-"""End to end: `make reproduce QUICK=1` runs data -> pretrain -> fine-tune -> evaluate -> report."""
+"""End to end: `make reproduce QUICK=1` runs data -> pretrain -> fine-tune -> evaluate -> report; then `make
+experiments QUICK=1` (Table 2's quick set) and the report with Table 2."""
 import json
 import subprocess
 
 from conftest import REPO
+
+from prototxt import net
+from tools import experiments as X
+
+
+def _make(*args):
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_make_reproduce_quick_end_to_end(tmp_path):
@@ -38,3 +46,31 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
     assert "evaluate: up to date" in again.stderr and "index.html (up to date)" in again.stdout
     again_stages = [line.split("\t")[0] for line in (runs / "timings.tsv").read_text().splitlines()]
     assert sorted(again_stages) == sorted(stages)  # one line per stage: the latest run replaces the earlier
+
+    # Table 2's quick set: every row trained and scored, progress with an estimate, then cached.
+    first = _make("experiments", "QUICK=1", f"RUNS={runs}")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = runs / "experiments"
+    _, planned, rows = X.plan("quick")
+    assert f"run {len(planned)}/{len(planned)}" in first.stdout and "left)" in first.stdout
+    table = json.loads((out / "table2.json").read_text())
+    assert [r["key"] for r in table["rows"]] == [r["key"] for r in rows]
+    assert table["variants"]["wide"]["parameters"] == net.learnable_parameters("wide")
+    for r in table["rows"]:
+        assert all(-1 <= v <= 1 for v in r["mcc_values"]) and r["train_seconds_mean"] > 0
+        assert ("vs_row2" in r) == (r["key"] != "pretrained")
+    assert len(table["rows"][0]["seeds"]) == 3
+    for run in planned:  # each run trained the planned variant
+        assert json.loads((out / "runs" / run["id"] / "run.json").read_text())["net"] == run["net"]
+    assert "Δ MCC vs row 2" in first.stdout and "Claim" in first.stdout
+    for name in ("data_efficiency.png", "finetune_curves.png"):
+        assert (out / name).stat().st_size > 1000
+    scores = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/score.json")}
+    again = _make("experiments", "QUICK=1", f"RUNS={runs}")
+    assert again.returncode == 0 and again.stdout.count("up to date") >= len(planned)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/score.json")} == scores  # nothing rescored
+    # The report now shows Table 2.
+    report = _make("report", "QUICK=1", f"RUNS={runs}")
+    assert report.returncode == 0 and "(up to date)" not in report.stdout
+    html = (runs / "report" / "index.html").read_text()
+    assert "Table 2" in html and "Claim" in html and html.count("data:image/png;base64,") >= 2

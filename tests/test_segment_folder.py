@@ -11,6 +11,7 @@ import tifffile
 from PIL import Image
 
 from cellfcn import caffe_env
+from prototxt.net import DEPLOY
 from tools import count, infer, segment
 
 OUTPUTS = ("_prob.tif", "_labels.tif", "_overlay.png", ".json")
@@ -21,7 +22,7 @@ def model(tmp_path_factory):
     """The deploy net with seeded weights and random biases, saved."""
     caffe = caffe_env.import_caffe()
     caffe.set_random_seed(0)
-    net = caffe.Net(str(infer.DEPLOY), caffe.TEST)
+    net = caffe.Net(str(DEPLOY), caffe.TEST)
     rng = np.random.default_rng(0)
     for params in net.params.values():
         if len(params) > 1:

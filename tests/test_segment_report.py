@@ -12,11 +12,11 @@ import pytest
 
 from cellfcn import caffe_env
 from data_prep.io import mask_labels
+from prototxt.net import DEPLOY
 from tools import figures, infer, segment
 from tools.metrics import binary_scores
 
 REPO = Path(__file__).resolve().parent.parent
-DEPLOY = infer.DEPLOY
 FIXTURE_LOG = REPO / "tests" / "data" / "caffe_train.log"
 P = 128
 

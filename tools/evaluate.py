@@ -290,7 +290,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", required=True, help=".caffemodel with the trained weights")
-    p.add_argument("--deploy", default=str(infer.DEPLOY), help="deploy prototxt (default: %(default)s)")
+    p.add_argument("--deploy", help="deploy prototxt (default: the committed one of the net the model names)")
     p.add_argument("--data", required=True, help="dataset folder holding <split>.h5")
     p.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")

@@ -15,7 +15,7 @@ import numpy as np
 
 from cellfcn import caffe_env
 from cellfcn.constants import STRIDE
-from prototxt.net import DEPLOY
+from prototxt import net as netspec
 
 # FCRN-A's output sees 66 px (38 at conv4, widened by the upsampling path). Measured with random weights:
 # a 32 px margin already stitches exactly (24 does not); 40 keeps a safety step of 8.
@@ -23,15 +23,20 @@ MARGIN = 40
 TILE = 512
 
 
-def load_model(model, deploy=DEPLOY, gpu=None):
+def deploy_for(model):
+    """The committed deploy prototxt of the variant a ``.caffemodel`` names (``prototxt.net.variant_of``)."""
+    return netspec.deploy_path(netspec.variant_of(caffe_env.model_name(model)))
+
+
+def load_model(model, deploy=None, gpu=None):
     """The deploy net with ``model``'s weights; every learnable layer must get its weights from the file.
 
     Parameters
     ----------
     model : path
         ``.caffemodel``.
-    deploy : path
-        Deploy prototxt (Input ``data`` -> ``prob`` with 2 channels).
+    deploy : path, optional
+        Deploy prototxt (Input ``data`` -> ``prob`` with 2 channels); default: :func:`deploy_for` the model.
     gpu : int or None
         CUDA device id, or None for CPU.
 
@@ -44,7 +49,7 @@ def load_model(model, deploy=DEPLOY, gpu=None):
     cellfcn.errors.InputError
         Missing files, or weights of another net (the message names the layer).
     """
-    return caffe_env.load_net(deploy, model, gpu)
+    return caffe_env.load_net(deploy_for(model) if deploy is None else deploy, model, gpu)
 
 
 def predict(net, data, batch=16, desc="forward"):

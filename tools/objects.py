@@ -175,6 +175,41 @@ def _check_marker_params(min_distance, smooth_sigma, min_dynamic):
             _length_param(min_dynamic, "min_dynamic"))
 
 
+def clean_mask(mask, *, opening_radius=1, min_area=20):
+    """The report's post-processing of a binary mask: opening with a disk, then removal of the connected
+    components (8-connected) smaller than ``min_area`` pixels.
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (H, W)
+        Foreground mask (booleans, or integers 0/1).
+    opening_radius : int
+        Radius of the disk for the morphological opening; 0 = no opening.
+    min_area : int
+        Components with fewer pixels are removed; 0 keeps all.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (H, W)
+    components : ndarray of int, shape (H, W)
+        The kept components' labels (0 elsewhere).
+    """
+    mask = _check_2d(mask, "mask")
+    if mask.dtype != bool:
+        if not np.issubdtype(mask.dtype, np.integer) or (mask.size and not np.all((mask == 0) | (mask == 1))):
+            raise ValueError(f"mask must be boolean or hold only 0 and 1, got dtype {mask.dtype}")
+        mask = mask != 0
+    opening_radius = _int_param(opening_radius, "opening_radius", 0)
+    min_area = _int_param(min_area, "min_area", 0)
+    mask = _open(mask, opening_radius)
+    components = label_regions(mask, background=0, connectivity=2)
+    keep = np.bincount(components.ravel()) >= min_area
+    keep[0] = False
+    mask = keep[components]
+    components[~mask] = 0
+    return mask, components
+
+
 def instances_from_mask(mask, *, opening_radius=1, min_area=20, min_distance=5, smooth_sigma=1.0,
                         min_dynamic=MIN_DYNAMIC):
     """Split a binary nucleus mask into instances.
@@ -208,22 +243,10 @@ def instances_from_mask(mask, *, opening_radius=1, min_area=20, min_distance=5, 
     ValueError
         ``mask`` not 2-D or not boolean/0-1, or a parameter out of range.
     """
-    mask = _check_2d(mask, "mask")
-    if mask.dtype != bool:
-        if not np.issubdtype(mask.dtype, np.integer) or (mask.size and not np.all((mask == 0) | (mask == 1))):
-            raise ValueError(f"mask must be boolean or hold only 0 and 1, got dtype {mask.dtype}")
-        mask = mask != 0
-    opening_radius = _int_param(opening_radius, "opening_radius", 0)
-    min_area = _int_param(min_area, "min_area", 0)
     min_distance, smooth_sigma, min_dynamic = _check_marker_params(min_distance, smooth_sigma, min_dynamic)
-    mask = _open(mask, opening_radius)
-    components = label_regions(mask, background=0, connectivity=2)
-    keep = np.bincount(components.ravel()) >= min_area
-    keep[0] = False
-    mask = keep[components]
+    mask, components = clean_mask(mask, opening_radius=opening_radius, min_area=min_area)
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.int32)
-    components[~mask] = 0
     distance = ndi.distance_transform_edt(mask)
     if smooth_sigma > 0:
         distance = ndi.gaussian_filter(distance, smooth_sigma)

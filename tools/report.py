@@ -4,7 +4,8 @@ Reads ``RUNS/{pretrain,finetune}/`` (train.log, run.json, solver.prototxt), ``RU
 ``make evaluate`` wrote: table1.json, probabilities, ROC, whole-image segmentations) and the datasets under
 ``--data`` (default ``RUNS/data``); it never runs the network. Writes ``index.html`` (PNGs inlined as
 base64), ``report.md``, ``report.json`` (the digest of its inputs: an unchanged rerun returns at once) and the
-PNGs into ``--out``: Table 1 beside the paper's, the object-level table (counting cells), the training logs (Figure 7), the ROC (Figure 10), Figures
+PNGs into ``--out``: Table 1 beside the paper's, the object-level table (counting cells), Table 2 when ``make
+experiments`` wrote ``RUNS/experiments/table2.json``, the training logs (Figure 7), the ROC (Figure 10), Figures
 8, 9 and 11, whole-image segmentations of real test images, the configuration, the environment, seeds and
 dataset hashes. The folder is built under a temporary name and renamed when complete.
 """
@@ -28,7 +29,9 @@ from cellfcn import caffe_env, cli, files
 from cellfcn.constants import STAGES
 from cellfcn.errors import CaffeNotFound, InputError
 from tools import evaluate as E
-from tools import table1
+from tools import experiments, table1
+
+EXPERIMENT_FILES = ("table2.json", "data_efficiency.png", "finetune_curves.png")
 
 
 def required_inputs(runs, data):
@@ -45,10 +48,18 @@ def required_inputs(runs, data):
     return need
 
 
+def optional_inputs(runs):
+    """Files shown when present: Table 2 and its plots (``make experiments``)."""
+    folder = Path(runs) / "experiments"
+    if not (folder / "table2.json").is_file():
+        return []
+    return [(folder / name, "make experiments") for name in EXPERIMENT_FILES]
+
+
 def check_inputs(runs, data):
     """Raise :class:`InputError` for the first missing input; return the digest of them all."""
     hashes = {}
-    for path, target in required_inputs(runs, data):
+    for path, target in required_inputs(runs, data) + optional_inputs(runs):
         if not Path(path).is_file():
             raise InputError(f"missing {path} (run `{target}`)")
         hashes[Path(path).relative_to(Path(path).parents[1]).as_posix()] = files.sha256_file(path)
@@ -228,6 +239,24 @@ def objects_section(doc, runs):
     doc.table(split[0], split[2:])
 
 
+def experiments_section(doc, runs, out):
+    """Table 2 (``make experiments``): the report's claim and suggestions, tested over seeds."""
+    folder = Path(runs) / "experiments"
+    table = experiments.load_table2(folder / "table2.json")
+    doc.h(2, "Table 2: the report's claim and suggestions, tested")
+    doc.p(experiments.caption(table))
+    doc.table(*experiments.table_cells(table))
+    for sentence in experiments.findings(table):
+        doc.p(sentence)
+    for name, caption in (("data_efficiency.png", "Real test MCC against the number of real training patches "
+                                                  "(x8 augmentation): pretrained then fine-tuned, and real only. "
+                                                  "Dots: single seeds; lines: their means."),
+                          ("finetune_curves.png", "Validation loss while training on the real patches: "
+                                                  "from the pretrained model (solid) and from Xavier (dashed).")):
+        shutil.copyfile(folder / name, out / f"table2_{name}")
+        doc.img(f"table2_{name}", caption)
+
+
 def segmentation_section(doc, runs, out):
     """Whole real test images segmented by ``make evaluate``: instance overlays and counts."""
     folder = Path(runs) / "eval" / "segment"
@@ -337,6 +366,8 @@ def build(runs, data, out):
           "patches, then fine-tuned on real annotated fluorescence nuclei.")
     table1_section(doc, table)
     objects_section(doc, runs)
+    if optional_inputs(runs):
+        experiments_section(doc, runs, out)
     training_section(doc, runs, out)
     roc_section(doc, runs, out)
     figures_section(doc, runs, data, out)

@@ -406,7 +406,7 @@ def parse_args(argv=None):
     p.add_argument("inputs", nargs="+", metavar="IN", help="folder of TIFF/PNG images, or image files")
     p.add_argument("--model", default=str(REPO / "runs" / "finetune" / "final.caffemodel"),
                    help="trained weights (default: %(default)s)")
-    p.add_argument("--deploy", default=str(infer.DEPLOY), help="deploy net (default: %(default)s)")
+    p.add_argument("--deploy", help="deploy prototxt (default: the committed one of the net the model names)")
     p.add_argument("--out", default=str(REPO / "runs" / "segment"), help="output folder (default: %(default)s)")
     p.add_argument("--params", default=str(REPO / "runs" / "eval" / "objects.json"),
                    help="objects.json of make evaluate: its 'after' row's instance parameters (default: "
@@ -441,13 +441,15 @@ def parse_args(argv=None):
 
 def run(args):
     """Segment every image; write ``counts.csv``; return the rows."""
+    # Before Caffe loads: OpenMP reads its thread count once (oneDNN's float sums depend on it).
+    os.environ.update(WORKER_ENV)
     images = find_images(args.inputs)
-    for path in (args.model, args.deploy):
+    for path in (args.model, args.deploy or args.model):
         if not Path(path).is_file():
             raise InputError(f"{path}: no such file")
+    args.deploy = args.deploy or str(infer.deploy_for(args.model))
     out = Path(args.out)
     files.check_writable(out / "counts.csv")
-    os.environ.update(WORKER_ENV)
     net = infer.load_model(args.model, args.deploy, args.gpu)  # refuses a model of another net before any work
     settings = make_settings(args, resolve_params(args), *resolve_preprocessing(args))
     out.mkdir(parents=True, exist_ok=True)

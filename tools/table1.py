@@ -178,7 +178,7 @@ def parse_args(argv=None):
     p.add_argument("--runs", required=True, help="runs folder with pretrain/ and finetune/ final.caffemodel")
     p.add_argument("--data", required=True, help="data folder with real/ and synthetic/")
     p.add_argument("--out", required=True, help="output folder (e.g. RUNS/eval)")
-    p.add_argument("--deploy", default=str(infer.DEPLOY), help="deploy prototxt (default: %(default)s)")
+    p.add_argument("--deploy", help="deploy prototxt (default: the committed one of the net the model names)")
     p.add_argument("--gpu", type=int, default=None, help="CUDA device id (default: CPU)")
     p.add_argument("--batch", type=int, default=16, help="patches per forward pass (default: %(default)s)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default: %(default)s)")
@@ -241,8 +241,10 @@ def inputs(args):
         if not path.is_file():
             raise InputError(f"data file not found: {path} (run `make data`)")
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "data", "out", "gpu", "force")}
+    deploys = {k: args.deploy or infer.deploy_for(v) for k, v in models.items()}
     key = files.digest({k: files.sha256_file(v) for k, v in models.items()},
-                       {k: files.sha256_file(v) for k, v in paths.items()}, files.sha256_file(args.deploy),
+                       {k: files.sha256_file(v) for k, v in paths.items()},
+                       {k: files.sha256_file(v) for k, v in deploys.items()},
                        settings, files.code_digest(cellfcn, tools))
     return models, paths, key
 
@@ -332,7 +334,8 @@ def run(args):
     segment_whole_images(out / "segment", full["test"], maps["after"]["test"], instances["after"],
                          next(r for r in object_rows if r["model"] == "after"), args.images)
     files.write_text(out / "table1.md", text)
-    meta = {"models": {k: str(v) for k, v in models.items()}, "deploy": str(args.deploy),
+    meta = {"models": {k: str(v) for k, v in models.items()},
+            "deploy": {k: str(args.deploy or infer.deploy_for(v)) for k, v in models.items()},
             "data": {k: str(v) for k, v in paths.items()},
             "n_test_patches": int(len(test["label"])), "n_test_images": n_images,
             "bootstrap": {"replicates": args.bootstrap, "seed": args.seed, "unit": "test image",

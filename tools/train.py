@@ -51,13 +51,17 @@ def load_manifest(data_dir, fmt, test_split):
     return manifest, splits["train"]["n"], splits[test_split]["n"]
 
 
-def check_init_weights(weights):
-    """Refuse, before Caffe sees them, weights that would not initialise every layer of FCRN-A.
+def check_init_weights(weights, variant=net.DEFAULT):
+    """Refuse, before Caffe sees them, weights that would not initialise every layer of the net.
 
     ``caffe train -weights`` copies layers by name: a model of another net would leave layers at their
-    random initialisation without a word, and a same-named layer of another shape aborts Caffe.
+    random initialisation without a word, and a same-named layer of another shape aborts Caffe. Two variants
+    with the same layers (``fcrn_a``, ``pool2``) differ in the name the model carries.
     """
-    caffe_env.check_weights(caffe_env.net_from_param(net.deploy_net()), weights)
+    own = net.variant_of(caffe_env.model_name(weights))
+    if own != variant:
+        raise TrainError(f"{weights} is a model of net '{own}', not '{variant}'")
+    caffe_env.check_weights(caffe_env.net_from_param(net.deploy_net(variant=variant)), weights)
 
 
 def newest_snapshot(out):
@@ -71,15 +75,15 @@ def prepare(args):
     out = Path(args.out)
     test_split = TEST_SPLIT[args.stage]
     manifest, n_train, n_test = load_manifest(args.data, args.format, test_split)
-    sched = solve.schedule(args.stage, n_train, args.batch, args.config, args.epochs)
+    sched = solve.schedule(args.stage, n_train, args.batch, args.config, args.epochs, args.iterations)
     test_batch = solve.largest_divisor(n_test, 16)
     data = Path(args.data).resolve()
     out.mkdir(parents=True, exist_ok=True)
     train_path, test_path = out / "train.prototxt", out / "test.prototxt"
     net.write_prototxt(train_path, net.train_net(net.dataset_source(data, "train", args.format), args.batch,
-                                                 args.format, "train"), f"fcrn_a_{args.stage}_train")
+                                                 args.format, "train", args.net), f"{args.net}_{args.stage}_train")
     net.write_prototxt(test_path, net.train_net(net.dataset_source(data, test_split, args.format), test_batch,
-                                                args.format, "test"), f"fcrn_a_{args.stage}_test")
+                                                args.format, "test", args.net), f"{args.net}_{args.stage}_test")
     solver = solve.solver_param(train_path.resolve(), test_path.resolve(), sched, n_test, test_batch,
                                 out.resolve() / "snap", seed=args.seed)
     solver_path = out / "solver.prototxt"
@@ -87,10 +91,10 @@ def prepare(args):
     # The dataset's identity is the content of the files Caffe reads (manifest hashes), not where it lies: a
     # moved dataset resumes, and files training never reads (whole images for evaluation) do not restart it.
     read = {f"{s}{suffix}" for s in ("train", test_split) for suffix in (".h5", ".txt", "_data_lmdb", "_label_lmdb")}
-    key = files.digest(str(net.deploy_net()), str(solver).replace(str(out.resolve()), "<out>"), args.format,
+    key = files.digest(str(net.deploy_net(variant=args.net)), str(solver).replace(str(out.resolve()), "<out>"), args.format,
                        args.batch, {k: v for k, v in manifest.get("files", {}).items() if k.split("/")[0] in read},
                        files.sha256_file(args.weights) if args.weights else None)
-    info = dict(stage=args.stage, config=args.config, format=args.format, batch=args.batch, seed=args.seed,
+    info = dict(stage=args.stage, net=args.net, config=args.config, format=args.format, batch=args.batch, seed=args.seed,
                 caffe_random_seed=solver.random_seed, data=str(data), n_train=n_train, n_test=n_test,
                 test_split=test_split, test_batch=test_batch,
                 weights=str(Path(args.weights).resolve()) if args.weights else None,
@@ -125,7 +129,7 @@ def train(args):
     files.check_writable(out / "run.json", "run folder")
     binary = caffe_env.caffe_binary(gpu=args.gpu is not None)
     if args.weights:
-        check_init_weights(args.weights)
+        check_init_weights(args.weights, args.net)
     if args.gpu is not None:
         caffe_env.check_device(args.gpu)
     solver_path, info = prepare(args)
@@ -150,7 +154,7 @@ def train(args):
         cmd.append(f"-weights={Path(args.weights).resolve()}")
     if args.gpu is not None:
         cmd.append(f"-gpu={args.gpu}")
-    print(f"{args.stage}: {info['epochs']} epochs x {info['iters_per_epoch']} iterations (batch {args.batch}) "
+    print(f"{args.stage}: {args.net}, {info['max_iter']} iterations ({info['epochs']} epochs, batch {args.batch}) "
           f"on {'GPU ' + str(args.gpu) if args.gpu is not None else 'CPU'}; log: {out / 'train.log'}", flush=True)
     t0 = time.time()
     # HDF5 list files name their .h5 relative to the dataset folder (datasets are relocatable).
@@ -180,7 +184,12 @@ def _main(argv=None):
     parser.add_argument("--seed", type=_nonnegative, default=0,
                         help="SEED of the pipeline: Caffe's random_seed is 1701 + SEED (default 0)")
     parser.add_argument("--config", choices=sorted(solve.CONFIGS), default="default")
-    parser.add_argument("--epochs", type=_positive, help="override the configuration's number of epochs")
+    parser.add_argument("--net", choices=sorted(net.VARIANTS), default=net.DEFAULT,
+                        help=f"net variant (default {net.DEFAULT}; prototxt/net.py)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive, help="override the configuration's number of epochs")
+    length.add_argument("--iterations", type=_positive,
+                        help="override the length in iterations (learning-rate step at the same fraction)")
     parser.add_argument("--weights", help="start from these weights (fine-tuning)")
     parser.add_argument("--gpu", type=int, help="CUDA device id (needs `make caffe GPU=1`)")
     args = parser.parse_args(argv)
