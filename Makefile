@@ -15,7 +15,7 @@ DATA := $(RUNS)/data
 # share the data.
 NET ?= fcrn_a
 NET_RUNS := $(RUNS)$(if $(filter-out fcrn_a,$(NET)),/net-$(NET),)
-# make experiments: the default set (about 2 h on 2 cores: 121 min measured), or full (the reproduce schedule, more seeds).
+# make experiments: the default set (121 min measured on 2 cores), or full (the reproduce schedule, more seeds).
 EXPERIMENTS ?= default
 SEED ?= 0
 FORMAT ?= hdf5
