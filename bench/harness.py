@@ -12,6 +12,8 @@ import sys
 import time
 import traceback
 
+from cellfcn import caffe_env
+
 PAUSE_S = 0.2  # lets the previous worker's spinning threads go to sleep before the next one starts
 
 
@@ -24,6 +26,9 @@ def thread_env(threads):
 def _serve(conn, target, kwargs, env):
     os.environ.update(env)
     try:
+        if "CAFFE_ROOT" in env or "PYCAFFE" in env:
+            # spawn gives the child its parent's sys.path, which finds the default build's pycaffe first.
+            sys.path.insert(0, str(caffe_env.pycaffe_dir()))
         module, _, name = target.partition(":")
         obj = getattr(importlib.import_module(module), name)(**kwargs)
         conn.send(("ok", None))
@@ -87,6 +92,28 @@ class Worker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+VARIANT_HELP = ("an extra Caffe run with environment overrides, e.g. "
+                "blis=LD_LIBRARY_PATH=/opt/blis,CAFFE_ROOT=/path/prefix (repeatable)")
+
+
+def parse_variants(specs):
+    """``--variant`` values ``LABEL=VAR=VALUE[,VAR=VALUE]`` -> ``{label: {VAR: VALUE}}``.
+
+    Raises
+    ------
+    ValueError
+        Naming the first value that does not have that form.
+    """
+    variants = {}
+    for spec in specs:
+        label, _, assignments = spec.partition("=")
+        pairs = [kv.partition("=") for kv in assignments.split(",") if kv]
+        if not label or not pairs or any(not k or not sep for k, sep, _ in pairs):
+            raise ValueError(f"--variant must look like LABEL=VAR=VALUE[,VAR=VALUE], got {spec!r}")
+        variants[label] = {k: v for k, _, v in pairs}
+    return variants
 
 
 def alternate(workers, rounds, steps, progress=True):

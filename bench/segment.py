@@ -180,6 +180,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed forward passes over one tile (default 1)")
     p.add_argument("--weights", help="a .caffemodel for the deploy net (default: Caffe's random fillers)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=VAR=VALUE[,VAR=VALUE]",
+                   help=harness.VARIANT_HELP)
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     error = None
@@ -191,11 +193,16 @@ def main(argv=None):
         error = "--rounds and --threads must be >= 1, --warmup >= 0"
     elif a.weights and not Path(a.weights).is_file():
         error = f"weights file not found: {a.weights}"
+    try:
+        variants = harness.parse_variants(a.variant)
+    except ValueError as e:
+        error = error or str(e)
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return harness.run_and_report(
-        lambda: run(a.size, a.tile, a.margin, a.threads, a.rounds, a.warmup, a.seed, a.weights), format_report, a.json)
+        lambda: run(a.size, a.tile, a.margin, a.threads, a.rounds, a.warmup, a.seed, a.weights, variants),
+        format_report, a.json)
 
 
 if __name__ == "__main__":

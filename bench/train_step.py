@@ -297,8 +297,7 @@ def main(argv=None):
     p.add_argument("--frameworks", default="caffe,torch", help="comma list of caffe, torch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=VAR=VALUE[,VAR=VALUE]",
-                   help="an extra Caffe run with environment overrides, e.g. "
-                        "blis=LD_LIBRARY_PATH=/opt/blis,CAFFE_ROOT=/path/prefix (repeatable)")
+                   help=harness.VARIANT_HELP)
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     frameworks = tuple(f for f in a.frameworks.split(",") if f)
@@ -311,13 +310,10 @@ def main(argv=None):
         errors.append(f"--frameworks must list caffe and/or torch, got {a.frameworks!r}")
     if a.threads is not None and a.threads < 1:
         errors.append("--threads must be >= 1")
-    variants = {}
-    for spec in a.variant:
-        label, _, assignments = spec.partition("=")
-        pairs = [kv.partition("=") for kv in assignments.split(",") if kv]
-        if not label or not pairs or any(not k or not sep for k, sep, _ in pairs):
-            errors.append(f"--variant must look like LABEL=VAR=VALUE[,VAR=VALUE], got {spec!r}")
-        variants[label] = {k: v for k, _, v in pairs}
+    try:
+        variants = harness.parse_variants(a.variant)
+    except ValueError as e:
+        errors.append(str(e))
     if errors:
         print(f"error: {errors[0]}", file=sys.stderr)
         return 2

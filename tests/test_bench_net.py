@@ -4,6 +4,7 @@ Same net: with Caffe's random weights copied in, PyTorch gives Caffe's deploy ou
 and gradients. No timings are asserted here (speed lives in `make bench`).
 """
 import json
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from bench import fcrn_torch, flops, nets, segment, train_step
+from cellfcn import caffe_env
 from prototxt.net import DEPLOY
 from tools import infer
 
@@ -139,20 +141,34 @@ def test_train_step_cli_runs_both_frameworks(tmp_path):
     assert "Caffe / PyTorch" in proc.stdout or "of PyTorch" in proc.stdout
 
 
+def test_a_variant_runs_another_caffe_build(tmp_path):
+    """CAFFE_ROOT in a variant: its worker imports that build's pycaffe and times that build's caffe binary."""
+    other = tmp_path / "other-caffe"
+    shutil.copytree(caffe_env.caffe_binary().parent.parent, other, symlinks=True)
+    r = train_step.run(batch=1, size=16, threads=1, rounds=1, steps=1, warmup=0, layer_iters=1, frameworks=("caffe",),
+                       variants={"other": {"CAFFE_ROOT": str(other)}})
+    assert r["caffe:other"]["patches_per_s"] > 0
+    assert r["build"]["caffe:other"]["binary"] == str(other / "bin" / "caffe") != r["build"]["caffe"]["binary"]
+
+
 def test_segment_cli_agrees_between_frameworks(tmp_path):
     out = tmp_path / "seg.json"
     proc = subprocess.run([sys.executable, "-m", "bench.segment", "--size", "96", "--tile", "48",
-                           "--margin", "16", "--rounds", "1", "--threads", "1", "--json", str(out)],
+                           "--margin", "16", "--rounds", "1", "--threads", "1", "--variant", "gemm=CAFFE_ENGINE=caffe",
+                           "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert r["max_abs_prob_diff"] < 1e-5
-    assert r["caffe"]["mp_per_s"] > 0 and r["torch"]["mp_per_s"] > 0
+    assert r["max_abs_prob_diff"] < 1e-5 and r["max_abs_prob_diff_to_default"]["caffe:gemm"] < 1e-5
+    assert r["caffe"]["mp_per_s"] > 0 and r["torch"]["mp_per_s"] > 0 and r["caffe:gemm"]["mp_per_s"] > 0
 
 
-@pytest.mark.parametrize("args", [["--size", "100"], ["--frameworks", "tensorflow"], ["--variant", "novalue"]])
-def test_train_step_rejects_bad_arguments(args):
-    proc = subprocess.run([sys.executable, "-m", "bench.train_step", *args], capture_output=True, text=True)
+@pytest.mark.parametrize("module, args", [
+    ("bench.train_step", ["--size", "100"]), ("bench.train_step", ["--frameworks", "tensorflow"]),
+    ("bench.train_step", ["--variant", "novalue"]), ("bench.segment", ["--size", "100"]),
+    ("bench.segment", ["--variant", "label="]), ("bench.segment", ["--variant", "x=A=1,novalue"])])
+def test_bench_clis_reject_bad_arguments(module, args):
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 

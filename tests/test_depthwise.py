@@ -26,6 +26,8 @@ CASES = {
     "deconv-3x3-s1-bias": ("Deconvolution", 4, (6, 5), (3, 3), (1, 1), (1, 1), (1, 1), True),
     "deconv-rect-s3x2": ("Deconvolution", 3, (4, 6), (3, 5), (3, 2), (0, 2), (1, 1), True),
     "deconv-dilated": ("Deconvolution", 5, (6, 6), (3, 3), (2, 2), (2, 2), (2, 2), False),
+    # Past CAFFE_OMP_MIN (patches/0007): the direct loops share the channels out to OpenMP threads.
+    "deconv-bilinear-x2-threaded": ("Deconvolution", 16, (48, 47), (4, 4), (2, 2), (1, 1), (1, 1), True),
     "conv-3x3-s1-bias": ("Convolution", 4, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), True),
     "conv-4x4-s2": ("Convolution", 6, (10, 12), (4, 4), (2, 2), (1, 1), (1, 1), False),
     "conv-rect-dilated": ("Convolution", 3, (13, 11), (3, 5), (2, 3), (1, 2), (2, 1), True),
@@ -165,6 +167,9 @@ def test_depthwise_matches_gemm_and_numpy(case, tmp_path, monkeypatch):
             np.testing.assert_allclose(result[name], ref, rtol=RTOL, atol=ATOL * scale, err_msg=f"{mode} {name}")
             np.testing.assert_allclose(result[name], results["gemm"][name], rtol=RTOL, atol=ATOL * scale,
                                        err_msg=f"{mode} vs GEMM {name}")
+    # Row by row or element by element, every output adds its taps in the same (kh, kw) order: same bits.
+    for name in ("out", "data_diff"):
+        assert results["direct"][name].tobytes() == results["kernel"][name].tobytes(), name
 
 
 def test_depthwise_is_deterministic(tmp_path, monkeypatch):

@@ -90,6 +90,8 @@ CMAKE_ARGS=(
   -DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON
   "-DCMAKE_INSTALL_RPATH=$PREFIX/lib"
   -DUSE_OPENCV=OFF -DUSE_LEVELDB=ON -DUSE_LMDB=ON -DUSE_HDF5=ON
+  # OpenMP threads for Caffe's own CPU loops (patch 0007), the runtime oneDNN already uses.
+  -DUSE_OPENMP=ON
   -DBUILD_docs=OFF -DBUILD_python=ON -DBUILD_python_layer=ON -DBUILD_matlab=OFF
   "-DBLAS=$BLAS"
   "-Dpython_version=$PY_VER"
