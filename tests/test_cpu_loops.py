@@ -4,8 +4,9 @@ vectorized and split by element, plane or channel over OpenMP threads.
 Max pooling keeps Caffe's semantics (ceil-mode windows, the first maximum in scan order wins, gradients go to
 the argmax), checked against numpy on odd shapes, padding and ties, below and above the threading threshold.
 The thread count must not change a single bit: the FCRN-A training net runs forward and backward in a fresh
-process per thread count (OpenMP reads ``OMP_NUM_THREADS`` once, when it starts), on the GEMM path with one
-OpenBLAS thread so that only our loops see the threads. (The depthwise loops against numpy, the GEMM path
+process per thread count (OpenMP reads ``OMP_NUM_THREADS`` once, when it starts), its convolutions pinned to
+the GEMM path on one OpenBLAS thread so that only our loops see the threads; under ``CAFFE_ENGINE=caffe`` the
+loops stay serial. (The depthwise loops against numpy, the GEMM path
 and the CUDA kernels' arithmetic: tests/test_depthwise.py.)
 """
 import os
@@ -20,24 +21,32 @@ from cellfcn import caffe_env
 
 FLT_MAX = np.finfo(np.float32).max
 
-# Writes every blob's data and diff and every parameter gradient of one forward/backward pass to argv[1].
+# Writes every blob's data and diff and every parameter gradient of one forward/backward pass to argv[1],
+# with the number of threads the process ended with under "threads".
 CHILD = """
+import os
 import sys
 import numpy as np
+from google.protobuf import text_format
 from bench import nets
 from cellfcn import caffe_env
 
 caffe = caffe_env.import_caffe()
 caffe.set_random_seed(0)
+param = text_format.Parse(nets.train_prototxt(batch=4, size=128), caffe_env.caffe_pb2().NetParameter())
+for layer in param.layer:
+    if layer.type == "Convolution":  # Caffe's GEMM path on one OpenBLAS thread: only our loops see threads
+        layer.convolution_param.engine = layer.convolution_param.CAFFE
+    if layer.type == "Deconvolution":  # learnable (FCRN-A's are not), so that the filter gradient runs too
+        layer.param[0].lr_mult = 1
 path = sys.argv[1] + ".prototxt"
 with open(path, "w") as f:
-    # Learnable upsampling (lr_mult 1, not FCRN-A's 0), so that the depthwise filter gradient runs too.
-    f.write(nets.train_prototxt(batch=4, size=128).replace("lr_mult: 0", "lr_mult: 1"))
+    f.write(text_format.MessageToString(param))
 net = caffe.Net(path, caffe.TRAIN)
 net.blobs["data"].data[...], net.blobs["label"].data[...] = nets.batch_arrays(4, 128, seed=0)
 net.forward()
 net.backward()
-out = {}
+out = {"threads": np.array(len(os.listdir("/proc/self/task")))}
 for name, blob in net.blobs.items():
     out[name + "/data"], out[name + "/diff"] = blob.data, blob.diff
 for name, blobs in net.params.items():
@@ -47,10 +56,10 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def _pass(tmp_path, threads):
-    out = tmp_path / f"threads{threads}.npz"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1", CAFFE_ENGINE="caffe",
-               GLOG_logtostderr="1", GLOG_minloglevel="0")
+def _pass(tmp_path, threads, **env):
+    out = tmp_path / f"threads{threads}{''.join(env)}.npz"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1", GLOG_logtostderr="1",
+               GLOG_minloglevel="0", **env)
     env.pop("CAFFE_DEPTHWISE", None)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(out.with_suffix(""))], capture_output=True,
                           text=True, env=env, timeout=300)
@@ -69,12 +78,19 @@ def test_libcaffe_links_openmp():
 
 def test_thread_count_does_not_change_a_bit(tmp_path):
     one, two = _pass(tmp_path, 1), _pass(tmp_path, 2)
+    assert one.pop("threads") == 1 and two.pop("threads") == 2  # OpenMP did run our loops on two threads
     assert one.keys() == two.keys()
     # Every layer's output and gradient (the ReLUs work in place on the conv blobs), all of them non-zero.
     assert {"conv1/data", "pool1/data", "pool1/diff", "up7/data", "up7/diff", "up7/0/diff"} <= one.keys()
     assert all(np.abs(one[name]).max() > 0 for name in ("pool1/diff", "up7/diff", "up7/0/diff", "up5/0/diff"))
     for name in one:
         assert one[name].tobytes() == two[name].tobytes(), name
+
+
+def test_gemm_path_keeps_the_loops_serial(tmp_path):
+    """CAFFE_ENGINE=caffe: OpenBLAS's pthreads run the convolutions, so our loops start no OpenMP thread."""
+    two = _pass(tmp_path, 2, CAFFE_ENGINE="caffe")
+    assert two["threads"] == 1
 
 
 def max_pool_ref(x, kernel, stride, pad):
