@@ -116,7 +116,7 @@ def max_pool_ref(x, kernel, stride, pad):
     return top, arg
 
 
-# (N, C, H, W), kernel, stride, pad; the last one is past CAFFE_OMP_MIN, so its planes go to threads.
+# (N, C, H, W), kernel, stride, pad; the last one is over 32768 outputs, so its planes go to threads.
 POOL_CASES = {
     "2x2-odd-size": ((2, 3, 7, 9), 2, 2, 0),
     "2x2-even": ((1, 2, 8, 6), 2, 2, 0),

@@ -26,7 +26,7 @@ CASES = {
     "deconv-3x3-s1-bias": ("Deconvolution", 4, (6, 5), (3, 3), (1, 1), (1, 1), (1, 1), True),
     "deconv-rect-s3x2": ("Deconvolution", 3, (4, 6), (3, 5), (3, 2), (0, 2), (1, 1), True),
     "deconv-dilated": ("Deconvolution", 5, (6, 6), (3, 3), (2, 2), (2, 2), (2, 2), False),
-    # Past CAFFE_OMP_MIN (patches/0007): the direct loops share the channels out to OpenMP threads.
+    # Over 32768 elements (caffe_omp_loops, patches/0007): the direct loops share the channels out to threads.
     "deconv-bilinear-x2-threaded": ("Deconvolution", 16, (48, 47), (4, 4), (2, 2), (1, 1), (1, 1), True),
     "conv-3x3-s1-bias": ("Convolution", 4, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), True),
     "conv-4x4-s2": ("Convolution", 6, (10, 12), (4, 4), (2, 2), (1, 1), (1, 1), False),
