@@ -13,6 +13,7 @@ import time
 import traceback
 
 from cellfcn import caffe_env
+from cellfcn.errors import CellfcnError
 
 PAUSE_S = 0.2  # lets the previous worker's spinning threads go to sleep before the next one starts
 
@@ -21,6 +22,12 @@ def thread_env(threads):
     """Environment variables that pin every BLAS/OpenMP pool to ``threads`` threads."""
     n = str(threads)
     return {"OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "BLIS_NUM_THREADS": n}
+
+
+def _failure(err):
+    """What the parent reports: a project error's one-line message (a missing build, a bad input), else the
+    traceback of the bug."""
+    return str(err) if isinstance(err, CellfcnError) else traceback.format_exc()
 
 
 def _serve(conn, target, kwargs, env):
@@ -32,8 +39,8 @@ def _serve(conn, target, kwargs, env):
         module, _, name = target.partition(":")
         obj = getattr(importlib.import_module(module), name)(**kwargs)
         conn.send(("ok", None))
-    except Exception:  # the parent reports it; the worker has nothing left to do
-        conn.send(("error", traceback.format_exc()))
+    except Exception as err:  # the parent reports it; the worker has nothing left to do
+        conn.send(("error", _failure(err)))
         return
     while True:
         msg = conn.recv()
@@ -42,12 +49,12 @@ def _serve(conn, target, kwargs, env):
         method, args = msg
         try:
             conn.send(("ok", getattr(obj, method)(*args)))
-        except Exception:
-            conn.send(("error", traceback.format_exc()))
+        except Exception as err:
+            conn.send(("error", _failure(err)))
 
 
 class WorkerError(RuntimeError):
-    """A benchmark worker failed; the message holds its traceback."""
+    """A benchmark worker failed; the message holds its error, or its traceback if it was a bug."""
 
 
 class Worker:
@@ -75,7 +82,7 @@ class Worker:
     def _check(self, reply):
         status, value = reply
         if status != "ok":
-            raise WorkerError(f"{self.label} worker failed:\n{value}")
+            raise WorkerError(f"{self.label} worker failed: {value}")
         return value
 
     def call(self, method, *args):

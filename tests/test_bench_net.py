@@ -151,6 +151,15 @@ def test_a_variant_runs_another_caffe_build(tmp_path):
     assert r["build"]["caffe:other"]["binary"] == str(other / "bin" / "caffe") != r["build"]["caffe"]["binary"]
 
 
+def test_a_variant_without_a_build_fails_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.segment", "--size", "96", "--tile", "48", "--margin", "16",
+                           "--rounds", "1", "--threads", "1", "--variant", f"x=CAFFE_ROOT={tmp_path / 'none'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: caffe:x worker failed: pycaffe not found under ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_segment_cli_agrees_between_frameworks(tmp_path):
     out = tmp_path / "seg.json"
     proc = subprocess.run([sys.executable, "-m", "bench.segment", "--size", "96", "--tile", "48",
