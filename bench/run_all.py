@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one go -> <out>/results.json and <out>/results.md (the README's table).
 
-Runs the training step (bench/train_step.py), whole-image segmentation (bench/segment.py) and simcep_py's
-image rate (bench/simcep.py). PyTorch is the speed peer and lives only here: if it is missing, the pinned CPU
+Runs the training step (bench/train_step.py), whole-image segmentation (bench/segment.py), the exported
+model's segmentation in onnxruntime against Caffe (bench/onnx_segment.py) and simcep_py's image rate
+(bench/simcep.py). PyTorch is the speed peer and lives only here: if it is missing, the pinned CPU
 wheel of bench/requirements.txt is installed into this interpreter's environment first.
 """
 import argparse
@@ -14,12 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import harness, segment, train_step
+from bench import harness, onnx_segment, segment, train_step
 from cellfcn import files
 
 BENCH = Path(__file__).resolve().parent
 # Our Caffe on its own im2col + GEMM path, beside the default engine: the per-engine figures of every run.
 ENGINE_VARIANTS = {"gemm": {"CAFFE_ENGINE": "caffe"}}
+BENCHMARKS = ("train_step", "segment", "onnx_segment", "simcep")
 
 
 def ensure_torch():
@@ -109,6 +111,14 @@ def markdown(results):
     if sim:
         lines.append(f"| simcep_py: {sim['shape'][0]}x{sim['shape'][1]} images with {sim['n_cells']} cells "
                      f"(images/s, 1 thread) | | {_fmt(sim['value'])} | n/a | |")
+    o = results.get("onnx_segment")
+    if o:
+        lines += ["", f"The exported model (`make export`) in onnxruntime {o['build']['onnx']['onnxruntime']}: one "
+                      f"{o['size']}x{o['size']} image in {o['windows']} windows of {o['tile']} px (tools.infer) at "
+                      f"{_fmt(o['onnx']['mp_per_s'], 3)} MP/s, our Caffe (default engine) at "
+                      f"{_fmt(o['caffe']['mp_per_s'], 3)} MP/s in the same run: onnxruntime / Caffe "
+                      f"{_fmt(o['ratio_onnx_over_caffe'])}, largest probability difference "
+                      f"{o['max_abs_prob_diff']:.1e}."]
     if t and "layers" in t:
         lines += _layer_lines(t, names, m["fp32_peak_gflops"])
     return "\n".join(lines) + "\n"
@@ -119,12 +129,11 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--threads", type=int, default=None, help="threads for both frameworks (default: all CPUs)")
     p.add_argument("--quick", action="store_true", help="a fast smoke run: small sizes, one round each")
-    p.add_argument("--skip", default="", help="comma list of benchmarks to skip: train_step, segment, simcep")
+    p.add_argument("--skip", default="", help=f"comma list of benchmarks to skip: {', '.join(BENCHMARKS)}")
     a = p.parse_args(argv)
     skip = {s for s in a.skip.split(",") if s}
-    if skip - {"train_step", "segment", "simcep"}:
-        print(f"error: unknown benchmark in --skip: {sorted(skip - {'train_step', 'segment', 'simcep'})}",
-              file=sys.stderr)
+    if skip - set(BENCHMARKS):
+        print(f"error: unknown benchmark in --skip: {sorted(skip - set(BENCHMARKS))}", file=sys.stderr)
         return 2
     if a.threads is not None and a.threads < 1:
         print("error: --threads must be >= 1", file=sys.stderr)
@@ -143,6 +152,10 @@ def main(argv=None):
             kw = dict(size=512, tile=256, rounds=1) if a.quick else {}
             results["segment"] = r = segment.run(threads=threads, variants=ENGINE_VARIANTS, **kw)
             print(segment.format_report(r), flush=True)
+        if "onnx_segment" not in skip:
+            kw = dict(size=512, tile=256, rounds=1) if a.quick else {}
+            results["onnx_segment"] = r = onnx_segment.run(threads=threads, **kw)
+            print(onnx_segment.format_report(r), flush=True)
         if "simcep" not in skip:
             args = ["--size", "128", "--n-images", "2", "--repeats", "1"] if a.quick else []
             results["simcep"] = r = run_simcep(args)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cellfcn import caffe_env, cli, files
+from cellfcn.constants import PCT_HIGH, PCT_LOW
 from prototxt.net import DEPLOY
 from tools import infer
 
@@ -46,10 +47,12 @@ def random_model(path):
     return path
 
 
-def time_run(folder, model, out, workers):
-    """Wall seconds of one ``tools.segment`` run."""
+def time_run(folder, model, out, workers, manifest=None):
+    """Wall seconds of one ``tools.segment`` run (at factor 1: the images' own size); ``manifest``: the
+    preprocessing of a model without its own parameters file."""
     cmd = [sys.executable, "-m", "tools.segment", str(folder), "--model", str(model), "--out", str(out),
-           "--scale", "1", "--threshold", "0.5", "--opening", "1", "--min-area", "10", "--workers", str(workers)]
+           *(["--manifest", str(manifest)] if manifest else []), "--scale", "1", "--threshold", "0.5", "--opening",
+           "1", "--min-area", "10", "--workers", str(workers)]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -75,11 +78,15 @@ def _main(argv=None):
         tmp = Path(tmp)
         (tmp / "images").mkdir()
         write_images(tmp / "images", args.images, shape)
-        model = args.model or random_model(tmp / "random.caffemodel")
+        model, manifest = args.model, None
+        if not model:  # random weights have no parameters file: their preprocessing comes from a manifest
+            model, manifest = random_model(tmp / "random.caffemodel"), tmp / "manifest.json"
+            files.write_json(manifest, {"parameters": {"scale": 1.0, "percentiles": [PCT_LOW, PCT_HIGH]},
+                                        "nucleus_diameter_px": 20.0})
         seconds = {"serial": [], "dask": []}
         for r in range(args.repeats):
             for name, workers in (("serial", 0), ("dask", args.workers)):
-                seconds[name].append(time_run(tmp / "images", model, tmp / f"{name}{r}", workers))
+                seconds[name].append(time_run(tmp / "images", model, tmp / f"{name}{r}", workers, manifest))
     wall = {k: statistics.median(v) for k, v in seconds.items()}
     result = {"images": args.images, "size": list(shape), "workers": args.workers, "cpu_count": os.cpu_count(),
               "load_average_1min": os.getloadavg()[0], "seconds": seconds,

@@ -8,5 +8,7 @@ The packages depend on each other in one direction only::
 - :mod:`cellfcn.files`: atomic file and folder writes, hashes, stale temporaries;
 - :mod:`cellfcn.constants`: names and numbers more than one stage relies on;
 - :mod:`cellfcn.caffe_env`: the Caffe build (binary, pycaffe), Datum encoding, nets with checked weights;
-- :mod:`cellfcn.cli`: the wrapper that gives every command the same exit statuses.
+- :mod:`cellfcn.cli`: the wrapper that gives every command the same exit statuses;
+- :mod:`cellfcn.machine`: the machine a run is on (CPU model, cores);
+- :mod:`cellfcn.schema`: the one loader of the JSON files stages read back (schema version, keys, ranges).
 """

@@ -12,6 +12,7 @@ checks that the ``caffe`` module Python found is the selected build's, so a mixe
 silent surprise.
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .constants import STAGES
 from .errors import CaffeNotFound, InputError
 
 REPO = Path(__file__).resolve().parent.parent
+# cellfcn's net names: the deploy net's and those ``tools.train`` gives the train and test nets of a stage.
+_NET_NAME = re.compile(rf"^(\w+?)_(?:deploy|(?:{'|'.join(STAGES)})_(?:train|test))$")
 _PYCAFFE_SUBDIRS = ("lib/python3/dist-packages", "python")
 
 
@@ -68,8 +72,55 @@ def pycaffe_dir(gpu=False):
     raise CaffeNotFound(f"pycaffe not found under {candidates[0]}: run '{_hint(gpu)}' or set PYCAFFE/CAFFE_ROOT")
 
 
+def _selected_pycaffe(gpu):
+    """The folders whose pycaffe may serve: the CUDA build's for a device; otherwise the CPU build's or the
+    CUDA build's (``make ... GPU=1`` puts the latter first on the search path, and it runs on the CPU too)."""
+    if gpu is not None:
+        return [pycaffe_dir(True).resolve()]
+    found = []
+    for cuda in (False, True):
+        try:
+            found.append(pycaffe_dir(cuda).resolve())
+        except CaffeNotFound:
+            pass
+    return found or [pycaffe_dir(False)]  # neither build: pycaffe_dir says what to run
+
+
+def pycaffe(gpu=None):
+    """The ``caffe`` module of a selected build, imported once (glog quiet); its mode is left as it is.
+
+    For what needs pycaffe but runs no net (NetSpec, protobuf messages): only the code that makes a net sets
+    the mode (:func:`import_caffe`), so using pycaffe elsewhere never turns a GPU process back to the CPU.
+
+    Parameters
+    ----------
+    gpu : int or None
+        A CUDA device id: the CUDA build's pycaffe is required; None accepts either build's.
+
+    Raises
+    ------
+    CaffeNotFound
+        No pycaffe on the search path, or another build's.
+    """
+    allowed = _selected_pycaffe(gpu)
+    if "caffe" not in sys.modules:
+        try:
+            _quiet_import()
+        except ImportError as err:
+            raise CaffeNotFound(f"pycaffe is not importable ({err}): run '{_hint(gpu is not None)}', "
+                                f"or put {allowed[0]} on PYTHONPATH") from None
+    import caffe
+
+    loaded = Path(caffe.__file__).resolve().parent.parent
+    if loaded not in allowed:
+        raise CaffeNotFound(f"pycaffe was imported from {loaded}, not from the selected build "
+                            f"{' or '.join(map(str, allowed))}: run with PYTHONPATH={allowed[0]} (make does this "
+                            "for GPU=1 and CAFFE_ROOT)")
+    return caffe
+
+
 def import_caffe(gpu=None):
-    """Import pycaffe, check it is the selected build's, and set its mode.
+    """Import pycaffe (:func:`pycaffe`) and set its mode: call it where a net is made, and only there.
 
     Parameters
     ----------
@@ -87,24 +138,13 @@ def import_caffe(gpu=None):
         No pycaffe on the search path, another build's pycaffe, a CPU-only build asked for a GPU, or an
         unusable CUDA device.
     """
-    want = pycaffe_dir(gpu is not None).resolve()
-    if "caffe" not in sys.modules:
-        try:
-            _quiet_import()
-        except ImportError as err:
-            raise CaffeNotFound(f"pycaffe is not importable ({err}): run '{_hint(gpu is not None)}', "
-                                f"or put {want} on PYTHONPATH") from None
-    import caffe
-
-    loaded = Path(caffe.__file__).resolve().parent.parent
-    if loaded != want:
-        raise CaffeNotFound(f"pycaffe was imported from {loaded}, not from the selected build {want}: "
-                            f"run with PYTHONPATH={want} (make does this for GPU=1 and CAFFE_ROOT)")
+    caffe = pycaffe(gpu)
     if gpu is None:
         caffe.set_mode_cpu()
     else:
         if _cpu_only():
-            raise CaffeNotFound(f"GPU requested but the Caffe at {want} is CPU-only: run 'make caffe GPU=1'")
+            raise CaffeNotFound(f"GPU requested but the Caffe at {Path(caffe.__file__).parent.parent} is "
+                                "CPU-only: run 'make caffe GPU=1'")
         check_device(gpu)
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
@@ -118,7 +158,7 @@ def check_device(gpu):
     in a child process first and turn its failure into one line.
     """
     proc = subprocess.run([str(caffe_binary(gpu=True)), "device_query", f"-gpu={int(gpu)}"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "GLOG_logtostderr": "1"})
     if proc.returncode != 0:
         lines = [ln.split("] ", 1)[-1] for ln in proc.stderr.splitlines() if "Check failed" in ln or "] " in ln]
         reason = next((ln for ln in lines if "Check failed" in ln), lines[-1] if lines else "no output")
@@ -153,8 +193,9 @@ def _cpu_only():
 
 
 def caffe_pb2():
-    """Caffe's protobuf module (``caffe.proto.caffe_pb2``) of the selected CPU build."""
-    import_caffe()
+    """Caffe's protobuf module (``caffe.proto.caffe_pb2``) of the selected build, CPU or CUDA; the mode is
+    left as it is (:func:`pycaffe`)."""
+    pycaffe()
     from caffe.proto import caffe_pb2 as pb2
 
     return pb2
@@ -222,22 +263,41 @@ def model_name(model):
     return read_model(model).name
 
 
-def check_weights(net, model):
-    """Check that ``model`` gives every learnable layer of ``net`` its weights, with matching shapes.
+def variant_name(net_name):
+    """The variant part of a cellfcn net name, ``<variant>_deploy`` or ``<variant>_<stage>_<train|test>``
+    (``caffe train`` stores the train net's name in the model); None for a name of another form."""
+    match = _NET_NAME.match(net_name)
+    return match.group(1) if match else None
+
+
+def _blob_shape(blob):
+    """Shape of a BlobProto (its ``shape`` field, or the legacy num/channels/height/width)."""
+    return tuple(blob.shape.dim) if blob.HasField("shape") else (blob.num, blob.channels, blob.height, blob.width)
+
+
+def check_weights(net, model, net_name=None):
+    """Check that ``net`` and ``model`` hold the same learnable layers with the same shapes, and the same net.
 
     Caffe copies weights by layer name: it silently keeps the random initialisation of layers the file
-    lacks, and aborts the process on a shape mismatch. Both are errors here, before Caffe sees the file.
+    lacks, ignores layers of the file the net lacks (FCRN-A's weights fill pool2's net, whose layers are a
+    subset of FCRN-A's), and aborts the process on a shape mismatch. All are errors here, before Caffe sees
+    the file. A model of a cellfcn net must also carry the name of the net's variant (two variants may share
+    layers and shapes).
 
     Parameters
     ----------
     net : caffe.Net
     model : path
         A ``.caffemodel`` (binary NetParameter).
+    net_name : str, optional
+        Name of the net's NetParameter (a deploy prototxt's ``name``); when it is a cellfcn name
+        (:func:`variant_name`), the model's own name must give the same variant.
 
     Raises
     ------
     InputError
-        Not a caffemodel, a layer missing, or a blob of another count or shape (the message names the layer).
+        Not a caffemodel, a layer missing on either side, a blob of another count or shape, or a model of
+        another variant (the message names the layer or the nets).
     """
     param = read_model(model)
     saved = {layer.name: layer.blobs for layer in param.layer if layer.blobs}
@@ -249,11 +309,20 @@ def check_weights(net, model):
         if len(saved[name]) != len(blobs):
             raise InputError(f"{model}: layer '{name}' has {len(saved[name])} blobs, this net {len(blobs)}")
         for i, (got, want) in enumerate(zip(saved[name], blobs)):
-            shape = tuple(got.shape.dim) if got.HasField("shape") else tuple(
-                d for d in (got.num, got.channels, got.height, got.width))
+            shape = _blob_shape(got)
             if int(np.prod(shape)) != want.data.size or (got.HasField("shape") and shape != want.data.shape):
                 raise InputError(f"{model}: layer '{name}' blob {i} has shape {shape}, this net "
                                  f"{want.data.shape} (a model of another net?)")
+    unused = [name for name in saved if name not in net.params]
+    if unused:
+        raise InputError(f"{model}: holds weights for layer '{unused[0]}' that this net lacks (a model of "
+                         f"another net?)")
+    want = variant_name(net_name or "")
+    if want is not None:
+        own = variant_name(param.name)
+        if own != want:
+            raise InputError(f"{model}: a model of net '{param.name}', not of this '{want}' net "
+                             f"'{net_name}' (a model of another net)")
 
 
 def net_from_param(net_param, gpu=None):
@@ -266,7 +335,7 @@ def net_from_param(net_param, gpu=None):
 
 
 def load_net(deploy, model, gpu=None):
-    """The deploy net with a model's weights, every learnable layer checked (:func:`check_weights`).
+    """The deploy net with a model's weights, checked both ways and by variant (:func:`check_weights`).
 
     Parameters
     ----------
@@ -288,13 +357,13 @@ def load_net(deploy, model, gpu=None):
         raise InputError(f"deploy prototxt not found: {deploy}")
     caffe = import_caffe(gpu)
     try:
-        text_format.Parse(deploy.read_text(), caffe_pb2().NetParameter())
+        param = text_format.Parse(deploy.read_text(), caffe_pb2().NetParameter())
     except text_format.ParseError as err:
         raise InputError(f"{deploy}: not a Caffe net prototxt ({err})") from None
     net = caffe.Net(str(deploy), caffe.TEST)
     if "data" not in net.blobs or "prob" not in net.blobs:
         raise InputError(f"{deploy}: the net needs an input blob 'data' and an output blob 'prob'")
-    check_weights(net, model)
+    check_weights(net, model, param.name)
     net.copy_from(str(model))
     return net
 

@@ -2,6 +2,8 @@
 
 # Dataset folders (data_prep writes them, tools reads them).
 MANIFEST = "manifest.json"
+# manifest.json: bumped whenever its keys change meaning (1: nucleus_diameter_px and the 3-class targets).
+MANIFEST_SCHEMA = 1
 FORMATS = ("hdf5", "lmdb")
 # Training stage -> the dataset it trains on, and the split its test net watches: fine-tuning watches val so
 # that the real test split stays unseen until evaluation.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cellfcn.cli import run
-from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
+from cellfcn.constants import MANIFEST_SCHEMA, PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import InputError
 from cellfcn.files import check_writable, clean_stale, code_digest, digest, sha256_file
 from simcep_py.dataset import cell_range, plan_images
@@ -24,11 +24,13 @@ from .io import find_pairs, read_array, read_mask
 from .patches import MIN_CELL_FRACTION
 from .preview import write_preview
 from .progress import log, progress_map
+from .targets import CONTOUR_WIDTH
 from .writers import check_formats, check_output_path, is_up_to_date, read_split, write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 LMDB_ENCODING = {"data": "Datum.float_data, float32 in [0, 1], channels=1",
-                 "label": "Datum.data, uint8 bytes 0/1, channels=1"}
+                 "label": "Datum.data, uint8 bytes 0/1, channels=1",
+                 "3class_label": "Datum.data, uint8 bytes 0 background / 1 interior / 2 contour, channels=1"}
 
 
 def _formats(value):
@@ -81,11 +83,11 @@ def _build(args, kind, params, sources, load, extra_code=None):
     if not args.force and is_up_to_date(out, key):
         log(f"{out} is up to date (same parameters, sources and code); --force rebuilds it")
     else:
-        splits, info, full, more = load(np.random.default_rng(args.seed))
-        manifest = {"kind": kind, "command": args.command, "patch_size": args.patch_size, "seed": args.seed,
+        splits, info, full, more, diameter = load(np.random.default_rng(args.seed))
+        manifest = {"schema_version": MANIFEST_SCHEMA, "kind": kind, "command": args.command, "patch_size": args.patch_size, "seed": args.seed,
                     "formats": formats, "splits": info, "parameters": params, "sources": {**sources, **more},
                     "code": code, "lmdb_encoding": LMDB_ENCODING if "lmdb" in formats else None,
-                    "build_key": key}
+                    "nucleus_diameter_px": diameter, "contour_width_px": CONTOUR_WIDTH, "build_key": key}
         write_dataset(out, splits, formats, manifest, full)
         counts = ", ".join(f"{name} {entry['n']} (cells {100 * entry['cell_fraction']:.1f}%)"
                            for name, entry in info.items())
@@ -107,9 +109,9 @@ def run_synthetic(args):
     def load(rng):
         plan = plan_images(args.n_images, rng, args.n_cells, args.simplex_fraction, args.test_fraction)
         rendered = synthetic.render_images(plan, args.image_size, (args.pct_low, args.pct_high))
-        splits, info = synthetic.build_synthetic_splits(plan, rendered, args.n_train, args.n_test,
-                                                        args.patch_size, rng, args.min_cell_fraction)
-        return splits, info, None, {"images": plan}
+        splits, info, diameter = synthetic.build_synthetic_splits(plan, rendered, args.n_train, args.n_test,
+                                                                  args.patch_size, rng, args.min_cell_fraction)
+        return splits, info, None, {"images": plan}, diameter
 
     return _build(args, "synthetic", params, {"generator": "simcep_py"}, load,
                   {"simcep_py": code_digest(simcep_py)})
@@ -146,9 +148,9 @@ def run_mnfinder(args):
         read = {name: mnfinder.read_pairs(wheel, items, f"reading {name}")
                 for name, items in (("train", train), ("val", val), ("test", test))}
         members = {r[0]: {"image_sha256": r[3], "mask_sha256": r[4]} for rows in read.values() for r in rows}
-        splits, info, full = _real_splits(args, *([r[:3] for r in read[k]] for k in ("train", "val", "test")),
-                                          rng)
-        return splits, info, full, {"members": members}
+        splits, info, full, diameter = _real_splits(
+            args, *([r[:3] for r in read[k]] for k in ("train", "val", "test")), rng)
+        return splits, info, full, {"members": members}, diameter
 
     return _build(args, "real", params, sources, load)
 
@@ -175,8 +177,8 @@ def run_folder(args):
         items = {k: progress_map(lambda i: (pairs[i][0], read_array(pairs[i][1]), read_mask(pairs[i][2])), idx,
                                  f"reading {k}")
                  for k, idx in groups.items()}
-        splits, info, full = _real_splits(args, items["train"], items["val"], items["test"], rng)
-        return splits, info, full, {}
+        splits, info, full, diameter = _real_splits(args, items["train"], items["val"], items["test"], rng)
+        return splits, info, full, {}, diameter
 
     return _build(args, "real", params, {"members": members}, load)
 

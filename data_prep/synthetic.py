@@ -19,15 +19,16 @@ from simcep_py import simulate
 from .normalize import normalize_percentile
 from .patches import cell_fraction, sample_patches
 from .progress import progress_map
+from .targets import contour_targets, median_diameter
 
 
 def render_images(plan, size, pct):
-    """Simulate and normalise the planned images: list of (image float32, mask bool)."""
+    """Simulate and normalise the planned images: list of (image float32, mask bool, nuclei labels int32)."""
     def render(item):
         sim = simulate(shape=(size, size), n_cells=item["n_cells"], seed=item["seed"],
-                                 simplex_background=item["simplex_background"])
+                       simplex_background=item["simplex_background"])
         image = normalize_percentile(sim.image, *pct, name=f"synthetic image (seed {item['seed']})")
-        return image, np.asarray(sim.mask, dtype=bool)
+        return image, np.asarray(sim.mask, dtype=bool), np.asarray(sim.nuclei_labels, dtype=np.int32)
 
     return progress_map(render, plan, "simulating")
 
@@ -37,11 +38,14 @@ def build_synthetic_splits(plan, rendered, n_train, n_test, patch_size, rng, min
 
     Returns
     -------
-    splits : dict of name -> dict with ``data`` (N, P, P) float32, ``label`` (N, P, P) bool,
+    splits : dict of name -> dict with ``data`` (N, P, P) float32, ``label`` (N, P, P) bool, ``label3``
+        (N, P, P) uint8 (3-class targets of the whole image, :func:`data_prep.targets.contour_targets`),
         ``source_index`` (N,) (index into the plan) and ``origin`` (N, 2)
     info : dict of name -> manifest entry
+    diameter : float or None
+        Median nucleus diameter of the training images (pixels).
     """
-    if not any(mask.any() for _, mask in rendered):
+    if not any(mask.any() for _, mask, _ in rendered):
         raise InputError("every synthetic mask is empty: no cell pixels to learn from")
     splits, info = {}, {}
     for name, n, min_fraction in (("train", n_train, min_cell_fraction), ("test", n_test, 0.0)):
@@ -51,10 +55,13 @@ def build_synthetic_splits(plan, rendered, n_train, n_test, patch_size, rng, min
         p = patch_size
         data = np.stack([rendered[members[j]][0][y:y + p, x:x + p] for j, (y, x) in zip(local, origin)])
         label = np.stack([masks[j][y:y + p, x:x + p] for j, (y, x) in zip(local, origin)])
+        targets = {j: contour_targets(rendered[members[j]][2]) for j in np.unique(local)}
+        label3 = np.stack([targets[j][y:y + p, x:x + p] for j, (y, x) in zip(local, origin)])
         index = np.asarray(members, dtype=np.int32)[local]
-        splits[name] = {"data": data, "label": label, "source_index": index, "origin": origin}
+        splits[name] = {"data": data, "label": label, "label3": label3, "source_index": index, "origin": origin}
         info[name] = {"n": int(n), "cell_fraction": round(cell_fraction(label), 6),
                       "image_cell_fraction": round(cell_fraction(masks), 6), "n_images": len(members),
                       "n_simplex_images": sum(plan[i]["simplex_background"] for i in members),
                       "near_empty_rule": min_fraction > 0}
-    return splits, info
+    train = [rendered[i][2] for i, item in enumerate(plan) if item["split"] == "train"]
+    return splits, info, median_diameter(train)

@@ -8,6 +8,10 @@ Layout (the project's dataset-folder contract):
   absolute path would break under a folder with spaces, point a moved dataset at nothing and a copied one at
   the original's files; bare names make a dataset byte-identical wherever it is built and relocatable.
 - ``<split>_data_lmdb/`` + ``<split>_label_lmdb/`` (two Data layers, same keys ``%08d``, same order);
+- the 3-class targets (background / interior / contour, :mod:`data_prep.targets`) of the ``contour`` net:
+  ``<split>_3class.h5`` + ``<split>_3class.txt`` (the same ``data`` with ``label`` holding 0/1/2) and
+  ``<split>_3class_label_lmdb/`` beside ``<split>_data_lmdb/``. Separate files, so the two-class files and
+  the models trained on them stay exactly as they were;
 - ``<split>_full.h5``: the whole val/test images for whole-image evaluation, with their masks and
   instance labels;
 - ``manifest.json``: what was built from what, and the SHA-256 of every file above.
@@ -70,7 +74,7 @@ def write_hdf5(path, data, label, extra=None):
     ----------
     path : Path
     data : (N, P, P) float32 in [0, 1]
-    label : (N, P, P) bool or {0, 1}
+    label : (N, P, P) bool or integer class indices (0/1, or 0/1/2 for the 3-class targets)
     extra : dict of name -> array, optional
         More datasets (``source_index``, ``origin``), written unchunked.
 
@@ -226,13 +230,16 @@ def write_dataset(out, splits, formats, manifest, full=None):
             name, fmt = step
             split = splits.get(name)
             if fmt == "hdf5":
-                extra = {k: np.asarray(v, dtype=np.int32) for k, v in split.items() if k not in ("data", "label")}
+                extra = {k: np.asarray(v, dtype=np.int32) for k, v in split.items()
+                         if k not in ("data", "label", "label3")}
                 write_hdf5(tmp / f"{name}.h5", split["data"], split["label"], extra)
                 (tmp / f"{name}.txt").write_text(f"{name}.h5\n")
+                write_hdf5(tmp / f"{name}_3class.h5", split["data"], split["label3"])
+                (tmp / f"{name}_3class.txt").write_text(f"{name}_3class.h5\n")
             elif fmt == "lmdb":
-                for kind in ("data", "label"):
+                for kind, key in (("data", "data"), ("label", "label"), ("3class_label", "label3")):
                     try:
-                        write_lmdb(tmp / f"{name}_{kind}_lmdb", split[kind], kind)
+                        write_lmdb(tmp / f"{name}_{kind}_lmdb", split[key], "data" if kind == "data" else "label")
                     except lmdb.Error as err:
                         raise CellfcnError(f"cannot write {out / f'{name}_{kind}_lmdb'}: {err}; the previous "
                                            "version (if any) is unchanged") from None

@@ -10,6 +10,10 @@ lr_mult 0), as in FCRN-A. The committed prototxt/ files are this script's output
 (5x5 kernels: a 68x68 receptive field), ``pool2`` (two poolings and two upsamplings: less spatial
 information lost, a 26x26 receptive field) and ``wide`` (every layer twice as wide: 4x the parameters). A
 trained model names its variant: its net is called ``<variant>_<stage>_train``.
+
+``contour`` is FCRN-A with three classes (background, nucleus interior, nucleus contour; ``data_prep.targets``)
+for counting: the contour class separates touching nuclei, which the two-class target paints as one region. It
+trains on the datasets' ``<split>_3class`` files with the same loss (``SoftmaxWithLoss``) and schedule.
 """
 import argparse
 import sys
@@ -22,16 +26,18 @@ from cellfcn.errors import InputError
 DEPLOY = Path(__file__).resolve().parent / "deploy.prototxt"
 DEFAULT = "fcrn_a"
 # Kernel size, channels of conv1..conv7 and the number of 2x2 poolings (each undone by one upsampling).
+# ``classes``: 2 (background, nucleus) or 3 (background, interior, contour).
 VARIANTS = {
-    "fcrn_a": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3),
-    "k5": dict(kernel=5, widths=(32, 64, 128, 512, 128, 64, 32), pools=3),
-    "pool2": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=2),
-    "wide": dict(kernel=3, widths=(64, 128, 256, 1024, 256, 128, 64), pools=3),
+    "fcrn_a": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=2),
+    "k5": dict(kernel=5, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=2),
+    "pool2": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=2, classes=2),
+    "wide": dict(kernel=3, widths=(64, 128, 256, 1024, 256, 128, 64), pools=3, classes=2),
+    "contour": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=3),
 }
 
 
 def _caffe():
-    caffe = caffe_env.import_caffe()
+    caffe = caffe_env.pycaffe()  # NetSpec only writes prototxt: the mode stays the one the process's net set
     return caffe, caffe.layers, caffe.params
 
 
@@ -42,8 +48,9 @@ def _spec(variant):
 
 
 def fcrn_a(n, bottom, variant=DEFAULT):
-    """Add the body of net ``variant`` to NetSpec ``n`` on top of blob ``bottom``; return the 2-channel score
-    blob. Pooling follows conv1..conv<pools>; an upsampling precedes each of the last ``pools`` of conv5..7."""
+    """Add the body of net ``variant`` to NetSpec ``n`` on top of blob ``bottom``; return the score blob (one
+    channel per class). Pooling follows conv1..conv<pools>; an upsampling precedes each of the last ``pools``
+    of conv5..7."""
     spec = _spec(variant)
     caffe, L, P = _caffe()
     learned = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
@@ -81,7 +88,7 @@ def fcrn_a(n, bottom, variant=DEFAULT):
     # Xie et al. follow every convolution with a ReLU; without it conv7 and the 1x1 scores collapse into one
     # linear map.
     n.relu7 = L.ReLU(n.conv7, in_place=True)
-    n.score = conv(n.relu7, 2, ks=1)
+    n.score = conv(n.relu7, spec["classes"], ks=1)
     return n.score
 
 
@@ -89,7 +96,7 @@ def learnable_parameters(variant=DEFAULT):
     """Learnable weights and biases of a variant, by its layout (the bilinear upsamplings are fixed)."""
     spec = _spec(variant)
     k2, channels = spec["kernel"] ** 2, (1, *spec["widths"])
-    return sum(i * k2 * o + o for i, o in zip(channels, channels[1:])) + channels[-1] * 2 + 2
+    return sum(i * k2 * o + o for i, o in zip(channels, channels[1:])) + (channels[-1] + 1) * spec["classes"]
 
 
 def receptive_field(variant=DEFAULT):
@@ -118,8 +125,19 @@ def multiply_adds(variant=DEFAULT, size=128):
 
 
 def variant_of(net_name):
-    """The variant a trained net's name (``<variant>_...``) gives; FCRN-A for names of no variant."""
-    return max((v for v in VARIANTS if net_name.startswith(f"{v}_")), key=len, default=DEFAULT)
+    """The variant a cellfcn net's name gives: ``<variant>_deploy``, or ``<variant>_<stage>_train`` as a
+    trained model carries it (:func:`cellfcn.caffe_env.variant_name`).
+
+    Raises
+    ------
+    InputError
+        A name of another form or of no variant of ``VARIANTS``: a net that is not one of ours.
+    """
+    variant = caffe_env.variant_name(net_name)
+    if variant not in VARIANTS:
+        raise InputError(f"net '{net_name}' is none of cellfcn's nets (<variant>_deploy or "
+                         f"<variant>_<stage>_train, variants: {', '.join(VARIANTS)})")
+    return variant
 
 
 def deploy_path(variant=DEFAULT):
@@ -134,7 +152,8 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
     Parameters
     ----------
     source : str
-        HDF5: the list file (``<split>.txt``). LMDB: the split prefix; ``_data_lmdb``/``_label_lmdb`` follow.
+        :func:`dataset_source`. HDF5: the list file. LMDB: the split prefix; ``_data_lmdb`` and
+        ``_label_lmdb`` (3 classes: ``_3class_label_lmdb``) follow.
     batch_size : int
     fmt : {'hdf5', 'lmdb'}
     phase : {'train', 'test'}
@@ -144,6 +163,7 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
     caffe, L, P = _caffe()
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    labels = "_3class_label_lmdb" if _spec(variant)["classes"] == 3 else "_label_lmdb"
     n = caffe.NetSpec()
     if fmt == "hdf5":
         n.data, n.label = L.HDF5Data(ntop=2, hdf5_data_param=dict(
@@ -151,7 +171,7 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
     else:
         # Two Data layers read their databases in lockstep: same keys, same order, no shuffling.
         n.data = L.Data(source=f"{source}_data_lmdb", backend=P.Data.LMDB, batch_size=batch_size)
-        n.label = L.Data(source=f"{source}_label_lmdb", backend=P.Data.LMDB, batch_size=batch_size)
+        n.label = L.Data(source=f"{source}{labels}", backend=P.Data.LMDB, batch_size=batch_size)
     score = fcrn_a(n, n.data, variant)
     n.loss = L.SoftmaxWithLoss(score, n.label)
     if phase == "test":
@@ -160,7 +180,8 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
 
 
 def deploy_net(height=128, width=128, variant=DEFAULT):
-    """Return the deploy NetParameter of a variant: Input ``data`` (1,1,H,W) -> Softmax ``prob`` (1,2,H,W)."""
+    """Return the deploy NetParameter of a variant: Input ``data`` (1,1,H,W) -> Softmax ``prob`` (1,C,H,W), C
+    its classes."""
     caffe, L, P = _caffe()
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[1, 1, height, width]))
@@ -168,13 +189,23 @@ def deploy_net(height=128, width=128, variant=DEFAULT):
     return n.to_proto()
 
 
-def dataset_source(data_dir, split, fmt):
-    """Where a dataset folder keeps a split, as the data layers name it.
+def dataset_source(data_dir, split, fmt, variant=DEFAULT):
+    """Where a dataset folder keeps a split for a variant's data layers (3 classes: ``<split>_3class.txt``).
 
     The HDF5 list file names its ``.h5`` relative to the dataset folder, so ``caffe train`` runs there.
     """
     data_dir = Path(data_dir)
-    return str(data_dir / f"{split}.txt") if fmt == "hdf5" else str(data_dir / split)
+    if fmt == "lmdb":
+        return str(data_dir / split)
+    return str(data_dir / (f"{split}_3class.txt" if _spec(variant)["classes"] == 3 else f"{split}.txt"))
+
+
+def dataset_files(split, fmt, variant=DEFAULT):
+    """The files (relative to the dataset folder) a variant's data layers read for one split."""
+    three = _spec(variant)["classes"] == 3
+    if fmt == "hdf5":
+        return [f"{split}_3class.txt", f"{split}_3class.h5"] if three else [f"{split}.txt", f"{split}.h5"]
+    return [f"{split}_data_lmdb/data.mdb", f"{split}_{'3class_' if three else ''}label_lmdb/data.mdb"]
 
 
 def write_prototxt(path, net_param, name):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cellfcn import cli
+from cellfcn.errors import InputError
 
-from .dataset import cell_range, write_dataset
+from .dataset import MANIFEST, cell_range, write_dataset
 from .params import SimcepParams
 
 
@@ -69,6 +71,43 @@ def build_parser():
     return parser
 
 
+def check_replaceable(out):
+    """Refuse to replace ``out`` unless every file in it is one simcep_py wrote (``--overwrite``).
+
+    An empty or missing folder is fine; otherwise it must hold a simcep_py ``simcep.json`` and nothing but
+    the images and masks that manifest lists, so a folder of the user's is never deleted.
+
+    Raises
+    ------
+    InputError
+        ``out`` is a file, has no simcep_py manifest, or holds a file the manifest does not list.
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a simcep_py output folder; nothing was replaced")
+    if not any(out.iterdir()):
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+        ours = {MANIFEST, "images", "masks"} | {r[key] for r in manifest["images"] for key in ("image", "mask")}
+        if manifest["generator"] != "simcep_py":
+            raise ValueError
+    except (OSError, ValueError, TypeError, KeyError):
+        raise InputError(f"--overwrite refuses {out}: not a simcep_py output folder (no valid {MANIFEST}); "
+                         "nothing was deleted") from None
+    entries = list(out.iterdir())
+    for sub in ("images", "masks"):
+        if (out / sub).is_dir() and not (out / sub).is_symlink():
+            entries += (out / sub).iterdir()
+    for path in entries:
+        name = path.relative_to(out).as_posix()
+        if name not in ours or path.is_symlink() or path.is_dir() != (name in ("images", "masks")):
+            raise InputError(f"--overwrite refuses {out}: {name} is not a file simcep_py wrote; nothing was "
+                             "deleted")
+
+
 def _params(args):
     values = {}
     if args.params:
@@ -89,6 +128,8 @@ def _params(args):
 def _main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.overwrite:
+        check_replaceable(args.out)
     try:
         params = _params(args)
         n_cells = args.n_cells[0] if args.n_cells[0] == args.n_cells[1] else args.n_cells

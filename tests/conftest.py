@@ -1,4 +1,5 @@
 """Shared fixtures: the real Caffe build and tiny datasets that Caffe's data layers read."""
+import os
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def caffe_bin():
 def run_caffe(args, cwd, check=True):
     """Run the caffe binary; return its combined log text."""
     proc = subprocess.run([str(caffe_env.caffe_binary()), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True)
+                          text=True, env={**os.environ, "GLOG_logtostderr": "1"})  # no glog files in /tmp
     if check and proc.returncode != 0:
         raise AssertionError(f"caffe {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr

@@ -117,7 +117,7 @@ def test_evaluate_cli(workspace, tmp_path):
     assert rec["mcc"] == pytest.approx(matthews_corrcoef(label.ravel(), pred.ravel()), abs=1e-9)
     assert rec["tp"] == np.count_nonzero(pred & label) and rec["fp"] == np.count_nonzero(pred & ~label)
     counts = M.confusion_counts(prob, label)
-    assert rec["mcc"] == pytest.approx(M.scores(counts["tp"], counts["fp"], counts["tn"], counts["fn"])["mcc"].max())
+    assert rec["mcc"] == pytest.approx(np.nanmax(M.scores(counts["tp"], counts["fp"], counts["tn"], counts["fn"])["mcc"]))
     rows = list(csv.DictReader((out / "curve.csv").open()))
     assert len(rows) == 1001
     assert [int(rows[i]["tp"]) for i in (0, 500, 1000)] == [int(counts["tp"][i]) for i in (0, 500, 1000)]

@@ -44,8 +44,11 @@ def foreign_models(caffe, tmp_path_factory):
     n = caffe.NetSpec()
     n.data = caffe.layers.Input(shape=dict(dim=[1, 1, 16, 16]))
     n.other = caffe.layers.Convolution(n.data, num_output=4, kernel_size=3, weight_filler=dict(type="xavier"))
-    caffe_env.net_from_param(n.to_proto()).save(str(folder / "renamed.caffemodel"))
+    other = n.to_proto()
+    other.name = "fcrn_a_finetune_train"  # both claim to be FCRN-A: their layers tell
+    caffe_env.net_from_param(other).save(str(folder / "renamed.caffemodel"))
     param = net.deploy_net()
+    param.name = "fcrn_a_finetune_train"
     next(layer for layer in param.layer if layer.name == "conv7").convolution_param.num_output = 16
     caffe_env.net_from_param(param).save(str(folder / "reshaped.caffemodel"))
     return folder
@@ -152,7 +155,7 @@ def test_two_inputs_never_write_the_same_outputs(tmp_path):
     ("CONFIG=fast", "CONFIG must be default or paper"), ("FORMAT=csv", "FORMAT must be hdf5 or lmdb"),
     ("SEED=-1", "SEED must be a non-negative integer"), ("BATCH=0", "BATCH must be a positive integer"),
     ("EPOCHS=ten", "EPOCHS must be a positive integer"), ("GPU_ID=15", "no CUDA device 15"),
-    ("NET=vgg16", "NET must be fcrn_a, k5, pool2 or wide"), ("EXPERIMENTS=all", "EXPERIMENTS must be default or full")])
+    ("NET=vgg16", "NET must be fcrn_a, k5, pool2, wide or contour"), ("EXPERIMENTS=all", "EXPERIMENTS must be default or full")])
 def test_make_checks_its_variables_before_any_work(tmp_path, assignment, words):
     extra = ["GPU=1"] if assignment.startswith("GPU") else []
     proc = subprocess.run(["make", "-C", str(REPO), "pretrain", assignment, *extra, f"RUNS={tmp_path / 'runs'}"],

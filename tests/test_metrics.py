@@ -1,9 +1,12 @@
-"""tools/metrics.py against scikit-learn and direct computation."""
+"""tools/metrics.py against scikit-learn and direct computation; undefined scores and rows."""
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, matthews_corrcoef, roc_auc_score
 
 from cellfcn.constants import METRICS
+from tools import evaluate as E
 from tools import metrics as M
 
 
@@ -17,11 +20,13 @@ def _data(seed, n=20000, pos_fraction=0.2, shape=None):
 
 
 def _sklearn_scores(label, pred):
+    """scikit-learn's scores, with its zero_division=0 (and MCC 0) turned into ours: NaN, undefined."""
     tn, fp, fn, tp = confusion_matrix(label.ravel(), pred.ravel(), labels=[0, 1]).ravel()
-    div = lambda a, b: a / b if b else 0.0  # noqa: E731 - zero_division=0 like ours
+    div = lambda a, b: a / b if b else np.nan  # noqa: E731
+    mcc_defined = min(tp + fp, tp + fn, tn + fp, tn + fn) > 0
     return {"specificity": div(tn, tn + fp), "precision": div(tp, tp + fp), "recall": div(tp, tp + fn),
             "accuracy": div(tp + tn, tp + tn + fp + fn), "f_score": div(2 * tp, 2 * tp + fp + fn),
-            "mcc": matthews_corrcoef(label.ravel(), pred.ravel())}
+            "mcc": matthews_corrcoef(label.ravel(), pred.ravel()) if mcc_defined else np.nan}
 
 
 def test_counts_match_direct_computation():
@@ -61,8 +66,8 @@ def test_scores_match_sklearn(threshold_index):
     ref = _sklearn_scores(label, prob >= t)
     for key in METRICS:
         assert ours[key].shape == (1001,)
-        assert ours[key][threshold_index] == pytest.approx(ref[key], abs=1e-12), key
-    assert M.binary_scores(prob >= t, label) == pytest.approx(ref, abs=1e-12)
+        assert ours[key][threshold_index] == pytest.approx(ref[key], abs=1e-12, nan_ok=True), key
+    assert M.binary_scores(prob >= t, label) == pytest.approx(ref, abs=1e-12, nan_ok=True)
 
 
 def test_best_threshold_maximises_sklearn_mcc():
@@ -98,31 +103,82 @@ def test_auc_perfect_and_inverted():
 
 @pytest.mark.filterwarnings("ignore:A single label was found")  # scikit-learn's, not ours
 @pytest.mark.parametrize("case", ["no_positives", "all_positives", "empty"])
-def test_degenerate_cases_give_zero_not_nan(case):
+def test_degenerate_cases_are_undefined_not_zero(case):
     rng = np.random.default_rng(5)
     n = 0 if case == "empty" else 500
     prob = rng.random(n)
     label = np.full(n, case == "all_positives")
     counts = M.confusion_counts(prob, label)
     s = M.scores(*(counts[k] for k in ("tp", "fp", "tn", "fn")))
-    for key, value in s.items():
-        assert np.all(np.isfinite(value)), key
     for i in (0, 300, 1000):
-        ref = _sklearn_scores(label, prob >= counts["thresholds"][i]) if n else None
-        for key in METRICS:
-            if ref is not None:
-                assert s[key][i] == pytest.approx(ref[key], abs=1e-12), (key, i)
-    np.testing.assert_array_equal(s["mcc"], 0)  # one class only: MCC undefined -> 0, as scikit-learn
-    assert np.isnan(M.roc_auc(counts))  # one class only: no ranking to judge, AUC undefined (not 0.000)
-    assert np.isfinite(M.best_threshold(counts)[0])
+        if n:
+            ref = _sklearn_scores(label, prob >= counts["thresholds"][i])
+            for key in METRICS:
+                assert s[key][i] == pytest.approx(ref[key], abs=1e-12, nan_ok=True), (key, i)
+    assert np.isnan(s["mcc"]).all()  # one class only: MCC undefined everywhere (scikit-learn says 0)
+    assert np.isnan(M.roc_auc(counts))  # no ranking to judge, AUC undefined (not 0.000)
+    assert M.best_threshold(counts)[1] is None and np.isnan(M.best_threshold(counts)[0])  # not 0.0
+
+
+def test_all_equal_probabilities_choose_no_threshold():
+    # Every pixel 0.37: at t <= 0.37 all are cells, above none; MCC is undefined at every threshold.
+    # With undefined counted as 0 the argmax was threshold 0.0, "every pixel a cell", reported as a result.
+    label = np.random.default_rng(8).random((4, 32, 32)) < 0.3
+    counts = M.confusion_counts(np.full(label.shape, 0.37, np.float32), label)
+    threshold, index = M.best_threshold(counts)
+    assert np.isnan(threshold) and index is None
+
+
+def test_undefined_ends_of_a_curve_are_skipped():
+    prob, label = _data(9, n=4000)
+    prob = np.minimum(prob, 0.9)  # nothing predicted above 0.9: MCC undefined there
+    counts = M.confusion_counts(prob, label, 101)
+    mcc = M.scores(*(counts[k] for k in ("tp", "fp", "tn", "fn")))["mcc"]
+    assert np.isnan(mcc[0]) and np.isnan(mcc[-1])  # all cells at t = 0, none at t = 1
+    threshold, index = M.best_threshold(counts)
+    assert mcc[index] == np.nanmax(mcc) and 0 < threshold < 0.9
 
 
 def test_no_predictions_and_scalar_scores():
     s = M.scores(0, 0, 90, 10)  # nothing predicted positive
     assert isinstance(s["precision"], float)
-    assert s == {"specificity": 1.0, "precision": 0.0, "recall": 0.0, "accuracy": 0.9, "f_score": 0.0,
-                 "mcc": 0.0}
-    assert M.binary_scores(np.zeros((3, 3), bool), np.zeros((3, 3), bool))["mcc"] == 0.0
+    assert {k: v for k, v in s.items() if k not in ("precision", "mcc")} == {
+        "specificity": 1.0, "recall": 0.0, "accuracy": 0.9, "f_score": 0.0}
+    assert np.isnan(s["precision"]) and np.isnan(s["mcc"])
+    assert np.isnan(M.binary_scores(np.zeros((3, 3), bool), np.zeros((3, 3), bool))["mcc"])
+
+
+def test_bootstrap_of_an_undefined_curve_is_undefined():
+    label = np.random.default_rng(10).random((6, 16, 16)) < 0.3
+    pos, neg = M.histograms(np.full(label.shape, 0.5), label, 101, groups=np.arange(6))
+    ci = M.bootstrap(pos, neg, index=None, n_boot=50, seed=0)
+    assert all(np.isnan(v).all() for k, v in ci.items() if k != "auc"), ci  # never threshold 0.0
+    assert ci["auc"] == (0.5, 0.5)
+
+
+def test_undefined_row_is_visible_not_threshold_zero(tmp_path):
+    # A validation split without a positive pixel: no threshold can be chosen there, so the test row that
+    # applies it is undefined too, and the tables say so.
+    rng = np.random.default_rng(11)
+    val = E.evaluate_arrays(rng.random((3, 16, 16)).astype(np.float32), np.zeros((3, 16, 16), bool))
+    assert np.isnan(val["threshold"]) and val["threshold_index"] is None
+    assert all(np.isnan(v) for v in val["metrics"].values())
+    prob, label = _data(12, n=3 * 256, shape=(3, 16, 16))
+    test = E.evaluate_arrays(prob, label, threshold=val["threshold"])
+    assert np.isnan(test["threshold"]) and all(np.isnan(v) for v in test["metrics"].values())
+    assert 0.5 < test["auc"] < 1  # the ranking is still judged
+    record = E.write_outputs(test, tmp_path, title="degenerate")
+    back = json.loads((tmp_path / "metrics.json").read_text())
+    assert np.isnan(back["threshold"]) and np.isnan(back["mcc"]) and back["tp"] is None
+    table = (tmp_path / "table.md").read_text()
+    assert "| degenerate | undefined | undefined |" in table and "0.000" not in table
+    header, body = E.table_cells([dict(record, name="x", ci={"mcc": [np.nan, np.nan]}),
+                                  {"name": "otsu", "threshold": None, **{k: 0.5 for k in METRICS}, "auc": None,
+                                   "ci": {"mcc": [0.4, 0.6]}}])
+    assert body[0][1:] == ["undefined"] * (len(header) - 2) + [f"{test['auc']:.3f}"]
+    assert body[1][1] == "per image" and body[1][-1] == "–" and body[1][header.index("MCC")] == "0.500 [0.400, 0.600]"
+    for name in ("roc.png", "mcc.png", "pr.png"):
+        assert (tmp_path / name).stat().st_size > 0
 
 
 def test_grouped_histograms_sum_to_total():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, make_dataset
 
+from cellfcn.errors import InputError
 from prototxt import net
 from solvers import solve
 from tools import infer
@@ -33,6 +34,7 @@ HAND_VARIANTS = {
     "pool2": (HAND_COUNT, 26),
     "wide": (sum(i * 9 * o + o for i, o in [(1, 64), (64, 128), (128, 256), (256, 1024), (1024, 256),
                                              (256, 128), (128, 64)]) + (64 * 2 + 2), 38),
+    "contour": (HAND_COUNT + 32 + 1, 38),  # one more score channel (3 classes): 32 weights and a bias
 }
 
 
@@ -58,7 +60,10 @@ def test_learnable_parameters_counted_with_pycaffe(caffe, variant):
 
 def test_trained_nets_name_their_variant():
     assert net.variant_of("k5_finetune_train") == "k5" and net.variant_of("wide_deploy") == "wide"
-    assert net.variant_of("fcrn_a_pretrain_train") == "fcrn_a" and net.variant_of("someone_elses") == "fcrn_a"
+    assert net.variant_of("fcrn_a_pretrain_train") == "fcrn_a" and net.variant_of("pool2_finetune_test") == "pool2"
+    for name in ("someone_elses", "", "fcrn_a", "vgg16_deploy", "fcrn_a_scratch_train"):
+        with pytest.raises(InputError, match="none of cellfcn's nets"):
+            net.variant_of(name)
     with pytest.raises(ValueError, match="net must be one of"):
         net.deploy_path("vgg16")
 

@@ -8,7 +8,8 @@ from skimage.draw import disk as draw_disk
 from skimage.feature import peak_local_max
 from skimage.measure import label as label_regions
 
-from data_prep.io import instance_labels_from_rgba, relabel_raster_order
+from cellfcn.errors import InputError
+from data_prep.io import instance_labels_from_rgba
 from tools import objects as O
 
 
@@ -423,7 +424,7 @@ def test_choose_prefers_higher_dsb_on_equal_f1():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(probs_list=[], gt_labels_list=[]), "at least one"),
+    (dict(maps_list=[], gt_labels_list=[]), "at least one"),
     (dict(gt_labels_list=[np.zeros((64, 96), np.int32)]), "as many"),
     (dict(gt_labels_list=[np.zeros((64, 96), np.int32)] * 2), "no ground-truth object"),
     (dict(thresholds=()), "at least one value"),
@@ -433,7 +434,7 @@ def test_choose_prefers_higher_dsb_on_equal_f1():
 ])
 def test_choose_validation(kwargs, message):
     probs_list, gt_list = _search_data()
-    arguments = {"probs_list": probs_list, "gt_labels_list": gt_list, **kwargs}
+    arguments = {"maps_list": probs_list, "gt_labels_list": gt_list, **kwargs}
     with pytest.raises(ValueError, match=message):
         O.choose_instance_params(**arguments)
 
@@ -442,7 +443,7 @@ def test_choose_validation(kwargs, message):
 # The object-level table of make evaluate (tools.count)
 # ---------------------------------------------------------------------------------------------------------
 
-def test_object_table_on_hand_made_images(tmp_path, capsys):
+def test_object_table_on_hand_made_images(tmp_path):
     import h5py
 
     from tools import count
@@ -489,14 +490,14 @@ def test_object_table_on_hand_made_images(tmp_path, capsys):
     assert "| ours: after fine-tuning | 0.30 | 0 | 30 | 1.000 | 0.667 | 0.800 | 0.667 |" in text
     assert "| Otsu per image + watershed | Otsu |" in text
     assert (tmp_path / "objects.md").read_text() == text
-    assert count.chosen_params(tmp_path / "objects.json") == after["params"]
+    assert count.load_objects(tmp_path / "objects.json")["rows"][1]["params"] == after["params"]
 
-    # Whole-image files: labels/<i>, or (older datasets) the masks' connected components with a warning.
+    # Whole-image files need labels/<i>: an older dataset with masks only is refused (its connected components
+    # would merge touching nuclei in the truth), not silently used.
     with h5py.File(tmp_path / "full.h5", "w") as f:
         f["images/0"], f["masks/0"] = test["images"][0], (gt > 0).astype(np.uint8)
-    loaded = count.load_full(tmp_path / "full.h5")
-    assert "no instance labels" in capsys.readouterr().err
-    np.testing.assert_array_equal(loaded["labels"][0], relabel_raster_order(gt))  # these discs do not touch
+    with pytest.raises(InputError, match="no instance labels.*make data"):
+        count.load_full(tmp_path / "full.h5")
     with h5py.File(tmp_path / "full.h5", "a") as f:
         f["labels/0"] = np.where(gt == 2, 7, gt)
     assert count.load_full(tmp_path / "full.h5")["labels"][0].max() == 7

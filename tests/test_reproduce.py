@@ -7,15 +7,20 @@ from conftest import REPO
 
 from prototxt import net
 from tools import experiments as X
+from tools import model_params
+
+
+# One download of the mnfinder wheel for every RUNS= of the tests.
+CACHE = f"WHEEL_CACHE={REPO / 'runs' / 'cache'}"
 
 
 def _make(*args):
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True)
+    return subprocess.run(["make", "--no-print-directory", *args, CACHE], cwd=REPO, capture_output=True, text=True)
 
 
 def test_make_reproduce_quick_end_to_end(tmp_path):
     runs = tmp_path / "runs"
-    proc = subprocess.run(["make", "--no-print-directory", "reproduce", "QUICK=1", f"RUNS={runs}"], cwd=REPO,
+    proc = subprocess.run(["make", "--no-print-directory", "reproduce", "QUICK=1", f"RUNS={runs}", CACHE], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage in ("pretrain", "finetune"):
@@ -28,21 +33,33 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
     for row in table["rows"]:
         assert -1.0 <= row["mcc"] <= 1.0
         assert row["threshold"] is None or 0.0 <= row["threshold"] <= 1.0  # Otsu: one threshold per image
+    # The instance-aware contour net is trained too, scored in the object table, and every net's chosen
+    # instance parameters lie beside its model.
+    contour_run = json.loads((runs / "net-contour" / "finetune" / "run.json").read_text())
+    assert contour_run["status"] == "done" and contour_run["net"] == "contour"
+    objects = json.loads((runs / "eval" / "objects.json").read_text())
+    assert [row["model"] for row in objects["rows"]] == ["before", "after", "contour", "otsu"]
+    for row in objects["rows"][:3]:
+        record = model_params.read_model_params(row["model_path"])
+        assert record["params"] == row["params"] and record["dataset"]["nucleus_diameter_px"] > 0
+        assert -1 <= row["pixel_mcc"] <= 1
+    assert "marker_threshold" in objects["rows"][2]["params"]
+    assert "3 classes (contour)" in proc.stdout
     # The printed Table 1 is the one on disk, and the report is one self-contained page.
     assert (runs / "eval" / "table1.md").read_text().strip().splitlines()[0] in proc.stdout
     html = (runs / "report" / "index.html").read_text()
     assert "data:image/png;base64," in html and "MCC" in html
     # Every stage's wall time is recorded once and printed with the total.
     timings = [line.split("\t") for line in (runs / "timings.tsv").read_text().splitlines()]
-    stages = ["data-synthetic", "data-real", "pretrain", "finetune", "evaluate", "report"]
+    stages = ["data-synthetic", "data-real", "pretrain", "finetune", "evaluate", "magnification", "report"]
     assert [name for name, _ in timings] == stages and all(float(sec) > 0 for _, sec in timings)
     assert f"{sum(float(sec) for _, sec in timings):.1f} s" in proc.stdout
     assert "timings.tsv" in html and "<td>pretrain</td>" in html
     # A second run finds everything up to date and retrains nothing.
-    again = subprocess.run(["make", "--no-print-directory", "reproduce", "QUICK=1", f"RUNS={runs}"], cwd=REPO,
+    again = subprocess.run(["make", "--no-print-directory", "reproduce", "QUICK=1", f"RUNS={runs}", CACHE], cwd=REPO,
                            capture_output=True, text=True)
     assert again.returncode == 0
-    assert "pretrain: up to date" in again.stdout and "finetune: up to date" in again.stdout
+    assert again.stdout.count("pretrain: up to date") == 2 and again.stdout.count("finetune: up to date") == 2
     assert "evaluate: up to date" in again.stderr and "index.html (up to date)" in again.stdout
     again_stages = [line.split("\t")[0] for line in (runs / "timings.tsv").read_text().splitlines()]
     assert sorted(again_stages) == sorted(stages)  # one line per stage: the latest run replaces the earlier
@@ -58,11 +75,11 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
     assert table["variants"]["wide"]["parameters"] == net.learnable_parameters("wide")
     for r in table["rows"]:
         assert all(-1 <= v <= 1 for v in r["mcc_values"]) and r["train_seconds_mean"] > 0
-        assert ("vs_row2" in r) == (r["key"] != "pretrained")
-    assert len(table["rows"][0]["seeds"]) == 3
+        assert ("vs_ref" in r) == (r["key"] != "pretrained")
+    assert len(table["rows"][0]["seeds"]) == len(X.SETS["quick"]["seeds"])
     for run in planned:  # each run trained the planned variant
         assert json.loads((out / "runs" / run["id"] / "run.json").read_text())["net"] == run["net"]
-    assert "Δ MCC vs row 2" in first.stdout and "Claim" in first.stdout
+    assert "Δ MCC [95% CI] vs row" in first.stdout and "Claim" in first.stdout
     for name in ("data_efficiency.png", "finetune_curves.png"):
         assert (out / name).stat().st_size > 1000
     scores = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/score.json")}

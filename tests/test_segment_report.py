@@ -137,6 +137,12 @@ def test_prepare_matches_data_prep():
 PARAMS = ["--threshold", "0.5", "--opening", "1", "--min-area", "15"]
 
 
+def write_manifest(path, scale=1.0):
+    """A dataset manifest with what tools.segment reads: its preprocessing and median nucleus diameter."""
+    path.write_text(json.dumps({"parameters": {"scale": scale, "percentiles": [1, 99.5]}, "nucleus_diameter_px": 20}))
+    return path
+
+
 def test_nuclei_are_cut_at_the_net_scale(net):
     from skimage.transform import resize
 
@@ -158,20 +164,22 @@ def test_cli_scale_from_manifest(model, tmp_path):
     rng = np.random.default_rng(8)
     image, _ = blobs((100, 130), rng)
     tifffile.imwrite(tmp_path / "cells.tif", (image * 4000).astype(np.uint16))
-    (tmp_path / "manifest.json").write_text(json.dumps({"parameters": {"scale": 0.5, "percentiles": [1, 99.5]}}))
+    manifest = write_manifest(tmp_path / "manifest.json", scale=0.5)
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "tools.segment", "--model", str(model),
-                           str(tmp_path / "cells.tif"), "--manifest", str(tmp_path / "manifest.json"),
+                           str(tmp_path / "cells.tif"), "--manifest", str(manifest), "--diameter", "20",
                            "--out", str(out), "--workers", "0", *PARAMS], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    # the net saw 50 x 65, the maps are back to the file's size
+    # the net saw 50 x 65 (the manifest's diameter over --diameter's), the maps are back to the file's size
     assert tifffile.imread(out / "cells_prob.tif").shape == tifffile.imread(out / "cells_labels.tif").shape == (
         100, 130)
-    # without a manifest or --scale the resize factor is not guessed
-    done = subprocess.run([sys.executable, "-m", "tools.segment", "--model", str(model), str(tmp_path / "cells.tif"),
-                           "--manifest", str(tmp_path / "none.json"), "--out", str(out), "--workers", "0", *PARAMS],
-                          capture_output=True, text=True)
-    assert done.returncode == 1 and done.stderr.startswith("error: no preprocessing") and "--scale" in done.stderr
+    # a model without its own parameters file and no manifest: the preprocessing is not guessed, not even with
+    # --scale (the percentiles would be)
+    for extra in ((), ("--scale", "0.5")):
+        done = subprocess.run([sys.executable, "-m", "tools.segment", "--model", str(model),
+                               str(tmp_path / "cells.tif"), "--out", str(tmp_path / "o2"), "--workers", "0", *PARAMS,
+                               *extra], capture_output=True, text=True)
+        assert done.returncode == 1 and done.stderr.startswith("error: no preprocessing") and "--manifest" in done.stderr
 
 
 def test_cli_writes_maps_labels_and_counts(model, tmp_path):
@@ -187,7 +195,8 @@ def test_cli_writes_maps_labels_and_counts(model, tmp_path):
     _write_png(tmp_path / "cells.png", (image * 255).astype(np.uint8))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "tools.segment", "--model", str(model), "--deploy", str(DEPLOY),
-           str(tmp_path / "cells.png"), "--out", str(out), "--scale", "1", "--workers", "0", *PARAMS]
+           str(tmp_path / "cells.png"), "--out", str(out), "--scale", "1", "--workers", "0", *PARAMS,
+           "--manifest", str(write_manifest(tmp_path / "manifest.json"))]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     prob = tifffile.imread(out / "cells_prob.tif")
@@ -207,7 +216,8 @@ def test_cli_writes_maps_labels_and_counts(model, tmp_path):
 
 
 def test_cli_bad_input(model, tmp_path):
-    script = [sys.executable, "-m", "tools.segment", "--workers", "0", *PARAMS, "--scale", "1"]
+    script = [sys.executable, "-m", "tools.segment", "--workers", "0", *PARAMS, "--scale", "1", "--manifest",
+              str(write_manifest(tmp_path / "manifest.json"))]
     done = subprocess.run([*script, "--model", str(tmp_path / "none.caffemodel"), str(FIXTURE_LOG), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("error:") and "none.caffemodel" in done.stderr
@@ -218,11 +228,12 @@ def test_cli_bad_input(model, tmp_path):
     done = subprocess.run([*script, "--model", str(model), str(tmp_path / "broken.png"), "--out",
                            str(tmp_path / "o"), "--tile", "100"], capture_output=True, text=True)
     assert done.returncode == 2 and "--tile" in done.stderr
-    # no instance parameters: neither objects.json nor the three flags (no silent default threshold)
+    # no instance parameters: neither the model's own <model>.params.json nor the three flags (no silent default
+    # threshold)
     done = subprocess.run([sys.executable, "-m", "tools.segment", "--workers", "0", "--scale", "1", "--model",
-                           str(model), str(tmp_path / "broken.png"), "--params", str(tmp_path / "none.json"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert done.returncode == 1 and done.stderr.startswith("error: no instance parameters")
+                           str(model), str(tmp_path / "broken.png"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("error: no instance parameters chosen for")
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -230,11 +241,11 @@ def test_per_patch_mcc_matches_binary_scores():
     rng = np.random.default_rng(5)
     prob = rng.random((5, 16, 16)).astype(np.float32)
     label = rng.random((5, 16, 16)) < 0.3
-    label[3] = False  # undefined MCC is 0
+    label[3] = False  # undefined MCC is NaN
     mcc = figures.per_patch_mcc(prob, label, 0.6)
     expected = [binary_scores(prob[i] >= 0.6, label[i])["mcc"] for i in range(5)]
     np.testing.assert_allclose(mcc, expected)
-    assert mcc[3] == 0
+    assert np.isnan(mcc[3])
 
 
 def test_select_cases_skips_empty_patches():

@@ -353,6 +353,34 @@ def test_cli_refuses_existing_output_and_overwrites_on_request(tmp_path, capsys)
     assert sorted(os.listdir(tmp_path)) == ["syn"]
 
 
+@pytest.mark.parametrize("foreign", ["notes.txt", "images/mine.tif", "masks/keep/x.png"])
+def test_cli_overwrite_refuses_files_it_did_not_write(tmp_path, capsys, foreign):
+    out = tmp_path / "syn"
+    args = ["--n-images", "1", "--size", "64", "--n-cells", "3", "--test-fraction", "0", "--out", str(out),
+            "--quiet", "--overwrite"]
+    assert main(args) == 0
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (out / foreign).write_text("the user's")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite refuses" in err and "nothing was deleted" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize("manifest", [None, "{not json", '{"generator": "someone else", "images": []}'])
+def test_cli_overwrite_refuses_a_folder_of_the_users(tmp_path, capsys, manifest):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    if manifest is not None:
+        (out / "simcep.json").write_text(manifest)
+    assert main(["--n-images", "1", "--size", "64", "--out", str(out), "--quiet", "--overwrite"]) == 1
+    assert "not a simcep_py output folder" in capsys.readouterr().err
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert sorted(os.listdir(tmp_path)) == ["mine"]
+
+
 @pytest.mark.parametrize("bad", [["--set", "overlap=2"], ["--n-images", "0"], ["--size", "abc"],
                                  ["--simplex-fraction", "1.5"], ["--set", "bogus=1"]])
 def test_cli_bad_argument_fails_cleanly(tmp_path, capsys, bad):

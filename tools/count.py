@@ -9,11 +9,16 @@ images (``test_full.h5``) against their ground-truth instance labels (``labels/<
 the DSB2018 score and the count errors.
 
 Models: ``before`` and ``after`` fine-tuning (probability maps of the whole images, tiled by
-:func:`tools.infer.segment_image`) and ``otsu``, the classical baseline: Otsu's threshold per whole image,
-then the same watershed, its opening and minimum area chosen on the validation images too.
+:func:`tools.infer.segment_image`), ``contour``, the instance-aware 3-class net after fine-tuning (its nuclei
+come from :func:`tools.objects.instances_from_contour`: markers from its interior map, the marker threshold
+chosen on validation too), and ``otsu``, the classical baseline: Otsu's threshold per whole image, then the
+same distance-transform watershed as the two-class nets, its opening and minimum area chosen on the
+validation images too.
 
 Writes ``objects.json`` (``schema_version``, one row per model: chosen ``params``, validation F1/DSB,
-``pooled`` scores, per-image ``images``; undefined ratios are ``null``) and ``objects.md``.
+``pooled`` scores, per-image ``images``, and for the nets ``model_path`` and ``model_sha256``; undefined
+ratios are ``null``) and ``objects.md``. :mod:`tools.table1` also writes each net's chosen parameters beside
+its model (:mod:`tools.model_params`), where ``make segment`` finds them.
 """
 import math
 import sys
@@ -21,18 +26,21 @@ import sys
 import h5py
 import numpy as np
 
-from cellfcn import files
+from cellfcn import files, schema
 from cellfcn.errors import InputError
 from tools import infer
 from tools import objects as O
 
-OBJECTS_SCHEMA = 1
+OBJECTS_SCHEMA = 2
 # The parameter grids searched on the validation images (kept small: each setting is a watershed per image);
-# make evaluate adds each model's Table 1 validation threshold to NET_GRID's.
+# make evaluate adds each model's Table 1 validation threshold to the thresholds.
 NET_GRID = {"thresholds": (0.3, 0.5, 0.7), "opening_radii": (0, 1), "min_areas": (10, 30)}
+# The contour net's interior map is confident even on the narrow bridges between touching nuclei: on the
+# validation images only markers at 0.9-0.98 separated them (F1 0.85 at 0.7, 0.92 at 0.97, 0.89 at 0.98).
+CONTOUR_GRID = {**NET_GRID, "marker_thresholds": (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)}
 OTSU_GRID = {"thresholds": (0.5,), "opening_radii": (0, 1, 2), "min_areas": (10, 30)}  # maps are 0/1
 NAMES = {"before": "ours: before fine-tuning", "after": "ours: after fine-tuning",
-         "otsu": "Otsu per image + watershed"}
+         "contour": "ours: 3 classes (contour), after fine-tuning", "otsu": "Otsu per image + watershed"}
 POOLED = ("n_images", "n_gt", "n_pred", "precision", "recall", "f1", "dsb_score", "mean_image_dsb_score",
           "mean_abs_count_error", "mean_rel_count_error")
 PER_IMAGE = ("n_gt", "n_pred", "precision", "recall", "f1", "dsb_score", "count_error", "rel_count_error")
@@ -50,34 +58,23 @@ def load_full(path):
     Raises
     ------
     InputError
-        Missing file, neither ``labels`` nor ``masks``, or shapes that differ.
-
-    Notes
-    -----
-    A file without ``labels/<i>`` (a dataset built before they existed) falls back to the connected
-    components of ``masks/<i>``, as ``data_prep`` labels a binary mask, with a warning: touching nuclei
-    are then one object in the truth.
+        Missing file, no instance labels (a dataset built before they existed: the connected components of
+        its masks would merge touching nuclei in the truth, so it is refused), or shapes that differ.
     """
-    from data_prep.io import mask_labels
-
     if not path.is_file():
         raise InputError(f"whole-image file not found: {path} (run `make data`)")
     out = {"names": [], "images": [], "labels": []}
     with h5py.File(path, "r") as f:
-        group = "labels" if "labels" in f else "masks"
-        if group not in f or "images" not in f:
-            raise InputError(f"{path}: no images/<i> with labels/<i> or masks/<i> (run `make data`)")
-        if group == "masks":
-            print(f"warning: {path} has no instance labels: using the masks' connected components (touching "
-                  "nuclei count as one; `make data` rebuilds the dataset with them)", file=sys.stderr)
+        if "images" not in f or "labels" not in f:
+            raise InputError(f"{path} has no instance labels (labels/<i>): a dataset of an older version; "
+                             "rebuild it with `make data`")
         for key in sorted(f["images"], key=int):
-            if key not in f[group]:
-                raise InputError(f"{path}: images/{key} has no {group}/{key}")
-            image, labels = f["images"][key][()].astype(np.float32), f[group][key][()]
-            if group == "masks":
-                labels = mask_labels(labels != 0, f"{path}:masks/{key}")
-            if image.ndim != 2 or labels.shape != image.shape:
-                raise InputError(f"{path}: images/{key} and {group}/{key} must be 2-D of the same shape")
+            if key not in f["labels"]:
+                raise InputError(f"{path}: images/{key} has no labels/{key}: rebuild it with `make data`")
+            image, labels = f["images"][key][()].astype(np.float32), f["labels"][key][()]
+            if image.ndim != 2 or labels.shape != image.shape or not np.issubdtype(labels.dtype, np.integer):
+                raise InputError(f"{path}: images/{key} and labels/{key} must be 2-D of the same shape, the "
+                                 "labels integers")
             name = f["images"][key].attrs.get("name", key)
             out["names"].append(name.decode() if isinstance(name, bytes) else str(name))
             out["images"].append(image)
@@ -86,7 +83,8 @@ def load_full(path):
 
 
 def whole_image_maps(net, images, desc):
-    """Probability maps of whole images (tiled forward passes), with a progress bar."""
+    """The maps of whole images (tiled forward passes, :func:`tools.infer.segment_image`), with a progress
+    bar."""
     from tqdm import tqdm
 
     return [infer.segment_image(net, image) for image in tqdm(images, desc=desc, unit="image", file=sys.stderr,
@@ -122,7 +120,7 @@ def model_row(key, val_maps, val, test_maps, test, grid):
         Instance labels of the test images.
     """
     chosen = O.choose_instance_params(val_maps, val["labels"], **grid)
-    predictions = [O.instances_from_probs(p, **chosen["params"]) for p in test_maps]
+    predictions = [O.instances_from_maps(m, **chosen["params"]) for m in test_maps]
     scores = [O.object_scores(gt, pred) for gt, pred in zip(test["labels"], predictions)]
     pooled = O.pooled_object_scores(scores)
     at = O.DSB_IOU_THRESHOLDS.index(O.MATCH_IOU)
@@ -141,7 +139,8 @@ def evaluate_objects(maps, val, test, val_thresholds=None):
     Parameters
     ----------
     maps : dict of model key -> {"val": list of maps, "test": list of maps}
-        Probability maps of the network models (``before``, ``after``), in file order.
+        Maps of the network models (``before``, ``after``, ``contour``; :func:`whole_image_maps`), in file
+        order.
     val, test : dict
         From :func:`load_full`.
     val_thresholds : dict of model key -> float, optional
@@ -156,10 +155,11 @@ def evaluate_objects(maps, val, test, val_thresholds=None):
     predictions : dict of model key -> list of instance label images of the test images
     """
     val_thresholds = val_thresholds or {}
-    grids = {key: {**NET_GRID, "thresholds": tuple(sorted({*NET_GRID["thresholds"],
-                                                           *([round(float(val_thresholds[key]), 4)]
-                                                             if key in val_thresholds else [])}))}
-             for key in maps}
+    grids = {}
+    for key in maps:
+        grid = CONTOUR_GRID if np.ndim(maps[key]["val"][0]) == 3 else NET_GRID
+        extra = [round(float(val_thresholds[key]), 4)] if key in val_thresholds else []
+        grids[key] = {**grid, "thresholds": tuple(sorted({*grid["thresholds"], *extra}))}
     grids["otsu"] = OTSU_GRID
     maps = {**maps, "otsu": {"val": otsu_maps(val["images"]), "test": otsu_maps(test["images"])}}
     rows, predictions = [], {}
@@ -174,18 +174,21 @@ def _cell(value, digits=3):
 
 
 def markdown(rows):
-    """The object-level table in Markdown."""
+    """The object-level table in Markdown (threshold: of the nucleus map, then the contour net's marker
+    threshold on its interior map)."""
     header = ["Model", "threshold", "opening", "min area", "precision", "recall", "F1", "DSB score",
               "mean image DSB", "cells (truth / found)", "mean abs count error", "mean rel count error",
-              "val F1"]
+              "val F1", "pixel MCC"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         p, s = row["params"], row["pooled"]
         threshold = "Otsu" if row["model"] == "otsu" else f"{p['threshold']:.2f}"
+        if "marker_threshold" in p:
+            threshold += f" / {p['marker_threshold']:.2f}"
         cells = [row["name"], threshold, str(p["opening_radius"]), str(p["min_area"]),
                  *(_cell(s[k]) for k in ("precision", "recall", "f1", "dsb_score", "mean_image_dsb_score")),
                  f"{s['n_gt']} / {s['n_pred']}", _cell(s["mean_abs_count_error"], 1),
-                 _cell(s["mean_rel_count_error"]), _cell(row["val"]["f1"])]
+                 _cell(s["mean_rel_count_error"]), _cell(row["val"]["f1"]), _cell(row.get("pixel_mcc"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -197,7 +200,8 @@ def caption(n_images, n_val):
             f"each model's parameters chosen on the {n_val} validation images (pooled F1). Precision, recall "
             "and F1: unique one-to-one matching at IoU >= 0.5, pooled over the images; DSB score: mean over "
             "IoU 0.5-0.95 of TP / (TP + FP + FN), pooled (mean image DSB: its mean over images); count "
-            "errors: |found - true| per image, absolute and relative to the true count.\n\n")
+            "errors: |found - true| per image, absolute and relative to the true count; pixel MCC: the "
+            "model's nucleus pixels on the test patches at its validation threshold (Table 1's protocol).\n\n")
 
 
 def write_outputs(out, rows, val, test):
@@ -211,24 +215,34 @@ def write_outputs(out, rows, val, test):
     return text
 
 
+_RATIO, _COUNT = schema.number(0, 1, null=True), schema.integer(0)  # null: undefined (number())
+
+
+def _objects_rows(table):
+    models = [r["model"] for r in table["rows"]]
+    missing = next((m for m in ("before", "after", "otsu") if m not in models), None)
+    if missing:
+        return f"rows has no row for model={missing}"
+    return next((f"row {r['model']} scores {len(r['images'])} images, not the {len(table['test_images'])} test "
+                 "images" for r in table["rows"] if len(r["images"]) != len(table["test_images"])), None)
+
+
+#: What ``objects.json`` holds (:func:`load_objects`).
+OBJECTS = schema.Schema("object-level results", OBJECTS_SCHEMA, "make evaluate", {
+    "val_images": [str], "test_images": [str],
+    "rows": [{"model": str, "name": str,
+              "params": {"threshold": schema.number(0, 1), "opening_radius": _COUNT, "min_area": _COUNT},
+              "val": {"f1": _RATIO, "dsb_score": _RATIO},
+              "pooled": {"n_images": _COUNT, "n_gt": _COUNT, "n_pred": _COUNT, "tp": _COUNT, "fp": _COUNT,
+                         "fn": _COUNT, "precision": _RATIO, "recall": _RATIO, "f1": _RATIO, "dsb_score": _RATIO,
+                         "mean_image_dsb_score": _RATIO, "mean_abs_count_error": schema.number(0, null=True),
+                         "mean_rel_count_error": schema.number(0, null=True)},
+              "images": [{"image": str, "n_gt": _COUNT, "n_pred": _COUNT, "precision": _RATIO, "recall": _RATIO,
+                          "f1": _RATIO, "dsb_score": _RATIO, "count_error": schema.integer(-math.inf),
+                          "rel_count_error": schema.number(0, null=True)}]}]}, check=_objects_rows)
+
+
 def load_objects(path):
-    """Read ``objects.json`` and check its schema.
-
-    Raises
-    ------
-    InputError
-        Missing or malformed file, or another schema version.
-    """
-    table = files.read_json(path, "object-level results (run `make evaluate`)")
-    if table.get("schema_version") != OBJECTS_SCHEMA:
-        raise InputError(f"{path} has schema {table.get('schema_version')}, this version reads "
-                         f"{OBJECTS_SCHEMA}: run `make evaluate` again")
-    return table
-
-
-def chosen_params(path, model="after"):
-    """The instance parameters ``make evaluate`` chose on the validation images for ``model``."""
-    for row in load_objects(path)["rows"]:
-        if row.get("model") == model:
-            return dict(row["params"])
-    raise InputError(f"{path} has no row for model={model}: run `make evaluate` again")
+    """Read ``objects.json`` and check it against :data:`OBJECTS` (one line naming the first problem and `make
+    evaluate`)."""
+    return schema.load(path, OBJECTS)

@@ -95,7 +95,8 @@ def evaluate_arrays(prob, label, threshold=None, groups=None, n_thresholds=1001)
     label : ndarray of bool, same shape
         Ground truth.
     threshold : float, optional
-        Fixed threshold; None picks the one that maximises MCC.
+        Fixed threshold; None picks the one that maximises MCC. NaN (a threshold that could not be
+        chosen, e.g. on a validation split without positive pixels) gives an undefined result.
     groups : ndarray of int, shape (N,) or the shape of ``prob``, optional
         Resampling unit (source image) of each item, for bootstrap intervals; default one per item.
     n_thresholds : int
@@ -106,28 +107,36 @@ def evaluate_arrays(prob, label, threshold=None, groups=None, n_thresholds=1001)
     dict
         ``threshold``, ``threshold_index`` (nearest grid index), ``protocol``, ``metrics`` (six floats at
         the threshold), ``auc``, ``confusion`` (tp, fp, tn, fn at the threshold), ``curve`` (counts at
-        every threshold), ``pos`` / ``neg`` (per-group histograms), ``n_pixels``, ``n_positive``.
+        every threshold), ``pos`` / ``neg`` (per-group histograms), ``n_pixels``, ``n_positive``. Undefined
+        (no threshold chosen, see :func:`tools.metrics.best_threshold`): ``threshold`` and every metric NaN,
+        ``threshold_index`` and the confusion counts None.
     """
     # Consecutive group ids, so that every bootstrap item holds pixels.
     groups = (np.arange(len(prob)) if groups is None
               else np.unique(groups, return_inverse=True)[1].reshape(np.shape(groups)))
     pos, neg = M.histograms(prob, label, n_thresholds, groups=groups)
     curve = M.counts_from_histograms(pos.sum(0), neg.sum(0))
+    protocol = "mcc-optimal" if threshold is None else "fixed"
     if threshold is None:
         threshold, index = M.best_threshold(curve)
-        confusion = {k: int(curve[k][index]) for k in ("tp", "fp", "tn", "fn")}
-        protocol = "mcc-optimal"
     else:
         threshold = float(threshold)
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        if not (0 <= threshold <= 1 or np.isnan(threshold)):
+            raise ValueError(f"threshold must lie in [0, 1] (or be NaN: undefined), got {threshold}")
+    if np.isnan(threshold):
+        return {"threshold": float("nan"), "threshold_index": None, "protocol": protocol,
+                "metrics": {k: float("nan") for k in METRICS}, "auc": M.roc_auc(curve),
+                "confusion": {k: None for k in ("tp", "fp", "tn", "fn")}, "curve": curve, "pos": pos,
+                "neg": neg, "n_pixels": int(np.size(prob)), "n_positive": int(pos.sum())}
+    if protocol == "mcc-optimal":
+        confusion = {k: int(curve[k][index]) for k in ("tp", "fp", "tn", "fn")}
+    else:
         index = int(np.argmin(np.abs(curve["thresholds"] - threshold)))
         # Exact counts at the given threshold, even between grid points.
         pred, lab = np.asarray(prob) >= threshold, np.asarray(label, bool)
         tp, fp = int(np.count_nonzero(pred & lab)), int(np.count_nonzero(pred & ~lab))
         n_pos = int(np.count_nonzero(lab))
         confusion = {"tp": tp, "fp": fp, "tn": lab.size - n_pos - fp, "fn": n_pos - tp}
-        protocol = "fixed"
     return {"threshold": float(threshold), "threshold_index": index, "protocol": protocol,
             "metrics": M.scores(**confusion), "auc": M.roc_auc(curve), "confusion": confusion,
             "curve": curve, "pos": pos, "neg": neg, "n_pixels": int(np.size(prob)),
@@ -135,11 +144,14 @@ def evaluate_arrays(prob, label, threshold=None, groups=None, n_thresholds=1001)
 
 
 def metrics_record(result, **extra):
-    """The JSON-ready summary of :func:`evaluate_arrays`' result (no arrays)."""
+    """The JSON-ready summary of :func:`evaluate_arrays`' result (no arrays).
+
+    An undefined value stays NaN (written as JSON ``NaN``, which Python's json reads back), apart from
+    ``null``, which means "not applicable" (the AUC of a binary baseline, the threshold of a per-image one).
+    """
     record = dict(extra)
-    auc = result["auc"]
     record.update(threshold=result["threshold"], protocol=result["protocol"], **result["metrics"],
-                  auc=None if np.isnan(auc) else auc, **result["confusion"], n_pixels=result["n_pixels"],
+                  auc=result["auc"], **result["confusion"], n_pixels=result["n_pixels"],
                   n_positive=result["n_positive"])
     return record
 
@@ -164,25 +176,29 @@ def table_cells(rows):
     Parameters
     ----------
     rows : list of dict
-        ``name``, ``threshold`` (None: "per image"), the six metrics and ``auc`` (None or NaN: "–"),
-        optionally ``ci`` (metric -> [low, high]) shown as a 95% interval.
+        ``name``, ``threshold`` (None: "per image"), the six metrics and ``auc`` (None: "–", not
+        applicable), optionally ``ci`` (metric -> [low, high]) shown as a 95% interval. A NaN (an
+        undefined value: no threshold could be chosen, an AUC without positive pixels) shows "undefined".
 
     Returns
     -------
     header : list of str
     body : list of list of str
     """
+    def number(value):
+        return "undefined" if value != value else f"{value:.3f}"  # NaN != NaN
+
     def cell(r, key):
         value = r.get(key)
-        if value is None or value != value:  # None or NaN: undefined (e.g. AUC without positives)
+        if value is None:
             return "–"
-        text = f"{value:.3f}"
-        if key in (r.get("ci") or {}):
+        text = number(value)
+        if value == value and key in (r.get("ci") or {}):
             lo, hi = r["ci"][key]
-            text += f" [{lo:.3f}, {hi:.3f}]"
+            text += f" [{number(lo)}, {number(hi)}]" if lo == lo and hi == hi else " [interval undefined]"
         return text
 
-    body = [[r["name"], "per image" if r["threshold"] is None else f"{r['threshold']:.3f}",
+    body = [[r["name"], "per image" if r["threshold"] is None else number(r["threshold"]),
              *(cell(r, k) for k in (*METRICS, "auc"))] for r in rows]
     return COLUMNS, body
 
@@ -216,7 +232,11 @@ def plot_roc(curves, title="ROC", points=()):
         fpr, tpr = M.roc_curve(res["curve"])
         color = f"C{i}"
         ax.plot(fpr, tpr, "-", color=color, lw=0.8, alpha=0.6)
-        ax.plot(fpr[1:-1], tpr[1:-1], ".", color=color, ms=2.5, label=f"{label} (AUC {res['auc']:.3f})")
+        auc = "undefined" if np.isnan(res["auc"]) else f"{res['auc']:.3f}"
+        ax.plot(fpr[1:-1], tpr[1:-1], ".", color=color, ms=2.5, label=f"{label} (AUC {auc})")
+        if res["threshold_index"] is None:
+            ax.plot([], [], "*", color=color, ms=13, mec="k", mew=0.6, label="threshold undefined")
+            continue
         j = len(fpr) - 2 - res["threshold_index"]  # roc_curve runs from the highest threshold down
         ax.plot(fpr[j], tpr[j], "*", color=color, ms=13, mec="k", mew=0.6,
                 label=f"t = {res['threshold']:.3f}: MCC {res['metrics']['mcc']:.3f}")
@@ -231,12 +251,16 @@ def plot_mcc(result, title="MCC against threshold"):
     fig, ax = score_axes(title, "threshold", "score")
     curve = result["curve"]
     s = M.scores(curve["tp"], curve["fp"], curve["tn"], curve["fn"])
-    ax.set_ylim(min(-0.02, float(s["mcc"].min()) - 0.02), 1.02)  # MCC can be negative
+    lowest = np.nanmin(s["mcc"]) if np.isfinite(s["mcc"]).any() else 0.0
+    ax.set_ylim(min(-0.02, float(lowest) - 0.02), 1.02)  # MCC can be negative; gaps where undefined
     ax.plot(curve["thresholds"], s["mcc"], color="C0", label="MCC")
     ax.plot(curve["thresholds"], s["f_score"], color="C1", lw=0.8, label="F-score")
-    ax.axvline(result["threshold"], color="k", ls="--", lw=0.8)
-    ax.plot(result["threshold"], result["metrics"]["mcc"], "*", color="C0", ms=13, mec="k", mew=0.6,
-            label=f"t = {result['threshold']:.3f}: MCC {result['metrics']['mcc']:.3f}")
+    if np.isnan(result["threshold"]):
+        ax.set_title(f"{title}: MCC undefined at every threshold", fontsize=9)
+    else:
+        ax.axvline(result["threshold"], color="k", ls="--", lw=0.8)
+        ax.plot(result["threshold"], result["metrics"]["mcc"], "*", color="C0", ms=13, mec="k", mew=0.6,
+                label=f"t = {result['threshold']:.3f}: MCC {result['metrics']['mcc']:.3f}")
     ax.legend(loc="best", fontsize=8)
     return fig
 
@@ -247,9 +271,10 @@ def plot_pr(result, title="Precision–recall"):
     precision, recall = M.pr_curve(result["curve"])
     keep = (result["curve"]["tp"] + result["curve"]["fp"]) > 0  # precision undefined with no predictions
     ax.plot(recall[keep], precision[keep], ".-", color="C0", ms=2.5, lw=0.8)
-    ax.plot(result["metrics"]["recall"], result["metrics"]["precision"], "*", color="C0", ms=13, mec="k",
-            mew=0.6, label=f"t = {result['threshold']:.3f}: F-score {result['metrics']['f_score']:.3f}")
-    ax.legend(loc="lower left", fontsize=8)
+    if not np.isnan(result["threshold"]):
+        ax.plot(result["metrics"]["recall"], result["metrics"]["precision"], "*", color="C0", ms=13, mec="k",
+                mew=0.6, label=f"t = {result['threshold']:.3f}: F-score {result['metrics']['f_score']:.3f}")
+        ax.legend(loc="lower left", fontsize=8)
     return fig
 
 

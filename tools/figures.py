@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellfcn import cli
+from cellfcn import cli, schema
 from cellfcn.errors import InputError
 from tools import evaluate as E
 from tools import table1
@@ -39,7 +39,7 @@ def per_patch_mcc(prob, label, threshold):
     Returns
     -------
     (N,) ndarray of float64
-        0 where MCC is undefined (no cell or no background in the truth or the prediction).
+        NaN where MCC is undefined (no cell or no background in the truth or the prediction).
     """
     pred = np.asarray(prob) >= threshold
     label = np.asarray(label, dtype=bool)
@@ -56,7 +56,8 @@ def per_patch_mcc(prob, label, threshold):
 def select_cases(mcc, label, k=4, min_cell_fraction=0.02):
     """Indices of the ``k`` best and ``k`` worst patches by MCC among those with enough cell pixels.
 
-    Ties keep the lower index (stable sort), so the choice is deterministic.
+    Ties keep the lower index (stable sort), so the choice is deterministic. An undefined (NaN) MCC ranks as
+    0, chance: a patch whose cells the model missed entirely is among the worst, not left out.
 
     Returns
     -------
@@ -67,7 +68,8 @@ def select_cases(mcc, label, k=4, min_cell_fraction=0.02):
     label = np.asarray(label, dtype=bool)
     fraction = label.reshape(len(label), -1).mean(axis=1)
     eligible = np.flatnonzero(fraction >= min_cell_fraction)
-    order = eligible[np.argsort(-np.asarray(mcc)[eligible], kind="stable")]
+    rank = np.nan_to_num(np.asarray(mcc, dtype=np.float64), nan=0.0)
+    order = eligible[np.argsort(-rank[eligible], kind="stable")]
     best = order[:min(k, (len(order) + 1) // 2)]
     worst = order[::-1][:min(k, len(order) - len(best))]
     return best.astype(np.int64), worst.astype(np.int64)
@@ -129,7 +131,7 @@ def case_grid(path, data, label, outputs, threshold, rows, title):
 def _labelled_rows(best, worst, mcc, split):
     """Row labels: rank, patch index (and source image and origin when the split records them), MCC."""
     def text(rank, i):
-        lines = [f"{rank}: MCC {mcc[i]:.3f}", f"patch {i}"]
+        lines = [f"{rank}: MCC " + ("undefined" if np.isnan(mcc[i]) else f"{mcc[i]:.3f}"), f"patch {i}"]
         if "source_index" in split and "origin" in split:
             y, x = split["origin"][i]
             lines[1] += f", image {split['source_index'][i]}"
@@ -158,6 +160,15 @@ def load_probs(eval_dir, name, shape):
     return prob.astype(np.float32, copy=False)
 
 
+def _threshold(table, model, split):
+    """The test-optimal threshold of a Table 1 row; an undefined one (NaN) is an error, not a figure."""
+    t = table1.find_row(table, model, split, "test-optimal")["threshold"]
+    if t is None or t != t:
+        raise InputError(f"Table 1's {model} model has no threshold on {split} (its MCC is undefined at every "
+                         "threshold): no best and worst cases to show")
+    return t
+
+
 def _cases(mcc, label, k, min_cell_fraction):
     """:func:`select_cases`, falling back to every patch when none has enough cell pixels."""
     best, worst = select_cases(mcc, label, k, min_cell_fraction)
@@ -170,12 +181,12 @@ def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02):
     """Write the three figures into ``out``; return ``{file name: caption}``."""
     runs, data_dir, out = Path(runs), Path(data_dir), Path(out)
     eval_dir = runs / "eval"
-    table = table1.load_table(eval_dir / "table1.json")
+    table = schema.load(eval_dir / "table1.json", schema.TABLE1)
     captions = {}
 
     syn = E.load_split(data_dir / "synthetic" / "test.h5")
     prob = load_probs(eval_dir, "before_synthetic", syn["label"].shape)
-    t = table1.find_row(table, "before", "synthetic_test", "test-optimal")["threshold"]
+    t = _threshold(table, "before", "synthetic_test")
     mcc = per_patch_mcc(prob, syn["label"], t)
     best, worst, _ = _cases(mcc, syn["label"], k, min_cell_fraction)
     case_grid(out / "fig8_synthetic.png", syn["data"][:, 0], syn["label"], [("output (pretrained)", prob)], t,
@@ -187,7 +198,7 @@ def make_figures(runs, data_dir, out, k=4, min_cell_fraction=0.02):
     real = E.load_split(data_dir / "real" / "test.h5")
     after = load_probs(eval_dir, "after", real["label"].shape)
     before = load_probs(eval_dir, "before", real["label"].shape)
-    t = table1.find_row(table, "after", "real_test", "test-optimal")["threshold"]
+    t = _threshold(table, "after", "real_test")
     mcc = per_patch_mcc(after, real["label"], t)
     best, worst, fraction = _cases(mcc, real["label"], k, min_cell_fraction)
     outputs = [("before fine-tuning", before), ("after fine-tuning", after)]

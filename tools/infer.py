@@ -52,8 +52,39 @@ def load_model(model, deploy=None, gpu=None):
     return caffe_env.load_net(deploy_for(model) if deploy is None else deploy, model, gpu)
 
 
+def class_maps(prob):
+    """The maps a net's class probabilities give, for one image.
+
+    Parameters
+    ----------
+    prob : (C, H, W) array_like of float
+        Softmax output: C = 2 (background, nucleus) or C = 3 (background, nucleus interior, contour: the
+        ``contour`` net of :mod:`prototxt.net`).
+
+    Returns
+    -------
+    ndarray of float32
+        C = 2: the (H, W) nucleus probability. C = 3: (2, H, W), the nucleus probability ``1 - p_background``
+        and the interior probability, what :func:`tools.objects.instances_from_maps` cuts into nuclei.
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 3 or prob.shape[0] not in (2, 3):
+        raise ValueError(f"expected (C, H, W) probabilities of 2 or 3 classes, got shape {prob.shape}")
+    if prob.shape[0] == 2:
+        return prob[1].copy()
+    return np.stack([1 - prob[0], prob[1]])
+
+
+def nucleus_probability(maps):
+    """The (H, W) nucleus probability of one image's maps (:func:`class_maps`)."""
+    maps = np.asarray(maps)
+    return maps if maps.ndim == 2 else maps[0]
+
+
 def predict(net, data, batch=16, desc="forward"):
     """Probability of the cell class for every pixel of a stack of patches, by batched forward passes.
+
+    With 3 classes the cell class is nucleus interior or contour: ``1 - p_background``.
 
     Parameters
     ----------
@@ -85,7 +116,8 @@ def predict(net, data, batch=16, desc="forward"):
             net.reshape()
         net.blobs["data"].data[...] = chunk
         net.forward()
-        prob[start:start + len(chunk)] = net.blobs["prob"].data[:, 1]
+        out = net.blobs["prob"].data
+        prob[start:start + len(chunk)] = out[:, 1] if out.shape[1] == 2 else 1 - out[:, 0]
     return prob
 
 
@@ -132,17 +164,19 @@ def tile_plan(shape, tile=TILE, margin=MARGIN):
 
 
 def forward_image(net, image):
-    """Class-1 probability of one 2-D float32 image whose sides are multiples of 8 (one forward pass)."""
+    """The maps (:func:`class_maps`) of one 2-D float32 image whose sides are multiples of 8 (one forward
+    pass)."""
     h, w = image.shape
     net.blobs["data"].reshape(1, 1, h, w)
     net.reshape()
     net.blobs["data"].data[0, 0] = image
     net.forward()
-    return net.blobs["prob"].data[0, 1].copy()
+    return class_maps(net.blobs["prob"].data[0])
 
 
 def segment_image(net, image, tile=TILE, margin=MARGIN, forward=forward_image, progress=False):
-    """Probability of the cell class for every pixel of a normalised 2-D image of any size.
+    """The maps of a normalised 2-D image of any size: the nucleus probability of every pixel (H, W), or for a
+    3-class net its (2, H, W) nucleus and interior probabilities (:func:`class_maps`).
 
     Parameters
     ----------
@@ -155,14 +189,14 @@ def segment_image(net, image, tile=TILE, margin=MARGIN, forward=forward_image, p
     margin : int
         Context kept around each window's core (multiple of 8), at least the receptive-field radius.
     forward : callable
-        ``forward(net, window) -> probability map`` of a window; Caffe's by default (the benchmark passes
-        PyTorch's, so both frameworks run the same tiles).
+        ``forward(net, window) -> maps`` of a window, (h, w) or (K, h, w); Caffe's by default (the benchmark
+        passes PyTorch's, so both frameworks run the same tiles).
     progress : bool
         Show a progress bar over the windows.
 
     Returns
     -------
-    (H, W) ndarray of float32 in [0, 1]
+    (H, W) or (K, H, W) ndarray of float32 in [0, 1]
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2 or min(image.shape) < 1:
@@ -176,7 +210,10 @@ def segment_image(net, image, tile=TILE, margin=MARGIN, forward=forward_image, p
         from tqdm import tqdm
 
         plan = tqdm(plan, desc="tiles", unit="tile", leave=False, file=sys.stderr)
-    prob = np.empty(padded.shape, dtype=np.float32)
+    maps = None
     for window, core, target in plan:
-        prob[target] = forward(net, padded[window])[core]
-    return prob[:h, :w]
+        out = forward(net, padded[window])
+        if maps is None:
+            maps = np.empty(out.shape[:-2] + padded.shape, dtype=np.float32)
+        maps[(Ellipsis, *target)] = out[(Ellipsis, *core)]
+    return maps[..., :h, :w]

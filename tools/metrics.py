@@ -5,8 +5,10 @@ index of the highest threshold it reaches, positive and negative pixels are coun
 ``np.bincount``, and a reverse cumulative sum gives the counts for ``prob >= threshold`` at all thresholds
 at once. Per-item histograms (one row per image or patch) make bootstrap replicates a weighted sum of rows.
 
-Undefined ratios (no positives, no predictions, empty input) are 0, as in scikit-learn's
-``zero_division=0`` and ``matthews_corrcoef``; the AUC, which has no such convention, is NaN (undefined)
+Undefined ratios (no positives, no predictions, empty input) are NaN, never 0, as in :mod:`tools.objects`:
+a 0 would read as a result (scikit-learn's ``zero_division=0`` made a model whose MCC is undefined at every
+threshold look like one optimal at threshold 0.0, every pixel a cell). Where no threshold has a defined MCC
+(no positive or no negative pixel, or all probabilities equal), no threshold is chosen: NaN. The AUC is NaN
 when either class is absent.
 """
 import numpy as np
@@ -163,9 +165,10 @@ def confusion_counts(prob, label, n_thresholds=1001):
 
 
 def _ratio(num, den):
+    """num / den as float64, NaN (undefined) where den is 0."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
-    out = np.zeros(np.broadcast(num, den).shape)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
     np.divide(num, den, out=out, where=den != 0)
     return out
 
@@ -182,7 +185,9 @@ def scores(tp, fp, tn, fn):
     -------
     dict
         Keys ``specificity``, ``precision``, ``recall``, ``accuracy``, ``f_score``, ``mcc``; float64
-        arrays, or floats when every input is a scalar. Undefined ratios are 0.
+        arrays, or floats when every input is a scalar. Undefined ratios are NaN: MCC when any of the four
+        margins (predicted or true positives or negatives) is empty, precision without predicted positives,
+        and so on.
     """
     scalar = all(np.ndim(x) == 0 for x in (tp, fp, tn, fn))
     tp, fp, tn, fn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, tn, fn))
@@ -228,7 +233,7 @@ def binary_scores(pred, label):
 
 
 def best_threshold(counts):
-    """The threshold that maximises MCC (the lowest one on ties).
+    """The threshold that maximises MCC (the lowest one on ties), among those where MCC is defined.
 
     Parameters
     ----------
@@ -238,11 +243,17 @@ def best_threshold(counts):
     Returns
     -------
     threshold : float
-    index : int
-        Index into ``counts['thresholds']``.
+        NaN when MCC is undefined at every threshold (no positive or no negative pixel, or all
+        probabilities equal): then no threshold is better than another, and none is chosen.
+    index : int or None
+        Index into ``counts['thresholds']``; None with a NaN threshold.
     """
     mcc = scores(counts["tp"], counts["fp"], counts["tn"], counts["fn"])["mcc"]
-    index = int(np.argmax(mcc, axis=-1))
+    if np.ndim(mcc) != 1:
+        raise ValueError(f"counts must hold one curve, got shape {np.shape(mcc)}")
+    if not np.isfinite(mcc).any():
+        return float("nan"), None
+    index = int(np.nanargmax(mcc))
     return float(counts["thresholds"][index]), index
 
 
@@ -258,7 +269,7 @@ def roc_curve(counts):
     -------
     fpr, tpr : ndarray of float64, shape (..., T + 2)
         In order of increasing FPR (decreasing threshold), starting at (0, 0) and ending at (1, 1).
-        A rate with no pixels of its class is 0.
+        A rate with no pixels of its class is NaN.
     """
     tp, fp = np.asarray(counts["tp"]), np.asarray(counts["fp"])
     tpr = _ratio(tp, tp + np.asarray(counts["fn"]))[..., ::-1]
@@ -301,7 +312,7 @@ def pr_curve(counts):
     Returns
     -------
     precision, recall : ndarray of float64, shape (T,)
-        Precision is 0 where nothing is predicted positive.
+        Precision is NaN where nothing is predicted positive.
     """
     s = scores(counts["tp"], counts["fp"], counts["tn"], counts["fn"])
     return s["precision"], s["recall"]
@@ -319,7 +330,8 @@ def bootstrap(pos, neg, index=None, n_boot=1000, seed=0, alpha=0.05):
     index : int, optional
         Threshold index at which the metrics are taken in every replicate (a threshold fixed beforehand,
         e.g. chosen on a validation split). None re-selects the MCC-optimal threshold in each replicate,
-        so the interval includes the variability of choosing the threshold on the same data.
+        so the interval includes the variability of choosing the threshold on the same data; a replicate
+        whose MCC is undefined at every threshold then has undefined values.
     n_boot : int
         Number of replicates.
     seed : int
@@ -330,7 +342,8 @@ def bootstrap(pos, neg, index=None, n_boot=1000, seed=0, alpha=0.05):
     Returns
     -------
     dict
-        Metric name (the six of :func:`scores`, ``auc`` and ``threshold``) -> (low, high) floats.
+        Metric name (the six of :func:`scores`, ``auc`` and ``threshold``) -> (low, high) floats, over the
+        replicates where the value is defined; (NaN, NaN) when it is defined in none.
     """
     pos = np.asarray(pos, dtype=np.float64)
     neg = np.asarray(neg, dtype=np.float64)
@@ -345,11 +358,16 @@ def bootstrap(pos, neg, index=None, n_boot=1000, seed=0, alpha=0.05):
     counts = counts_from_histograms(weights @ pos, weights @ neg)
     s = scores(counts["tp"], counts["fp"], counts["tn"], counts["fn"])
     rows = np.arange(int(n_boot))
-    picked = np.argmax(s["mcc"], axis=-1) if index is None else np.full(int(n_boot), int(index))
-    values = {k: v[rows, picked] for k, v in s.items()}
+    if index is None:
+        defined = np.isfinite(s["mcc"])
+        picked = np.argmax(np.where(defined, s["mcc"], -np.inf), axis=-1)  # the lowest on ties, as best_threshold
+        chosen = defined.any(axis=-1)
+    else:
+        picked, chosen = np.full(int(n_boot), int(index)), np.ones(int(n_boot), bool)
+    values = {k: np.where(chosen, v[rows, picked], np.nan) for k, v in s.items()}
     values["auc"] = roc_auc(counts)
-    values["threshold"] = counts["thresholds"][picked]
+    values["threshold"] = np.where(chosen, counts["thresholds"][picked], np.nan)
     q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    # AUC is undefined in a replicate that drew no positive (or no negative) pixel: left out of its interval.
+    # A value undefined in a replicate (AUC without positive pixels, say) is left out of its interval.
     return {k: tuple(float(x) for x in (np.nanpercentile(v, q) if np.isfinite(v).any() else (np.nan, np.nan)))
             for k, v in values.items()}

@@ -52,6 +52,8 @@ DSB_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 MATCH_IOU = 0.5
 #: Default h of the h-maxima marker rule (pixels of distance), see ``instances_from_mask``.
 MIN_DYNAMIC = 2.0
+#: Smallest seed region (pixels) of ``instances_from_contour``.
+MIN_MARKER_AREA = 4
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,6 +290,85 @@ def instances_from_probs(probs, threshold, *, opening_radius=1, min_area=20, min
                                min_dynamic=min_dynamic)
 
 
+def instances_from_contour(probs, interior, threshold, *, marker_threshold=0.5, opening_radius=1, min_area=20,
+                           min_marker_area=MIN_MARKER_AREA):
+    """Nucleus instances from the maps of the 3-class ``contour`` net: markers from its interior map.
+
+    The nucleus mask is ``probs >= threshold`` cleaned as by :func:`clean_mask`. The net paints a contour
+    between touching nuclei, so the interior map separates them: each 4-connected region of
+    ``interior >= marker_threshold`` inside the mask (of at least ``min_marker_area`` pixels) seeds one
+    nucleus, and a watershed flooding ``1 - interior`` from these seeds shares the whole mask out among them
+    (8-connected). A mask component without any seed becomes one nucleus of its own.
+
+    Parameters
+    ----------
+    probs : array_like of float, shape (H, W)
+        Nucleus probabilities (interior or contour) in [0, 1].
+    interior : array_like of float, shape (H, W)
+        Interior probabilities in [0, 1].
+    threshold : float in [0, 1]
+        Nucleus where ``probs >= threshold`` (float64 comparison, as the pixel metrics).
+    marker_threshold : float in [0, 1]
+        Seed where ``interior >= marker_threshold``.
+    opening_radius, min_area : int
+        As in :func:`clean_mask`.
+    min_marker_area : int
+        Seed regions with fewer pixels are dropped (specks of interior on a contour).
+
+    Returns
+    -------
+    ndarray of int32, shape (H, W)
+        0 = background, nuclei 1..n in raster order of their first pixel; their union is the cleaned mask.
+
+    Raises
+    ------
+    ValueError
+        Maps not 2-D float arrays in [0, 1] of one shape, or a parameter out of range.
+    """
+    probs, interior = _check_probs(probs), _check_probs(interior)
+    if probs.shape != interior.shape:
+        raise ValueError(f"probs shape {probs.shape} does not match interior shape {interior.shape}")
+    marker_threshold = np.float64(_unit_param(marker_threshold, "marker_threshold"))
+    min_marker_area = _int_param(min_marker_area, "min_marker_area", 0)
+    mask, components = clean_mask(_foreground(probs, threshold), opening_radius=opening_radius, min_area=min_area)
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.int32)
+    seeds = label_regions(mask & (interior >= marker_threshold), background=0, connectivity=1)
+    keep = np.bincount(seeds.ravel()) >= min_marker_area
+    keep[0] = False
+    seeds = np.where(keep[seeds], seeds, 0)
+    # Components the seeds miss (a small nucleus all contour) are nuclei too, numbered after the seeds.
+    unseeded = np.ones(int(components.max()) + 1, dtype=bool)
+    unseeded[components[seeds > 0]] = False
+    unseeded[0] = False
+    markers = np.where(unseeded[components], components + int(seeds.max()), seeds)
+    labels = watershed(1.0 - interior.astype(np.float64), markers, mask=mask, connectivity=2)
+    return relabel_raster_order(labels)
+
+
+def instances_from_maps(maps, **params):
+    """Nuclei from a net's maps (:func:`tools.infer.class_maps`): a 2-D nucleus probability goes to
+    :func:`instances_from_probs`, the (2, H, W) nucleus and interior maps of the 3-class net to
+    :func:`instances_from_contour`; ``params`` are that function's keyword arguments.
+
+    Raises
+    ------
+    ValueError
+        Maps of another shape, or parameters the function does not take.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        cut, args = instances_from_probs, (maps,)
+    elif maps.ndim == 3 and maps.shape[0] == 2:
+        cut, args = instances_from_contour, (maps[0], maps[1])
+    else:
+        raise ValueError(f"maps must be (H, W) or (2, H, W), got shape {maps.shape}")
+    try:
+        return cut(*args, **params)
+    except TypeError as err:  # a parameter of the other kind of map
+        raise ValueError(f"{cut.__name__}: {err}") from None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Matching
 # ---------------------------------------------------------------------------------------------------------
@@ -505,76 +586,94 @@ def _nan_mean(values):
 # Parameter search
 # ---------------------------------------------------------------------------------------------------------
 
-def choose_instance_params(probs_list, gt_labels_list, thresholds=(0.3, 0.5, 0.7),
-                           opening_radii=(0, 1, 2), min_areas=(10, 30), *, min_distance=5,
-                           smooth_sigma=1.0, min_dynamic=MIN_DYNAMIC):
+def choose_instance_params(maps_list, gt_labels_list, thresholds=(0.3, 0.5, 0.7),
+                           opening_radii=(0, 1, 2), min_areas=(10, 30), marker_thresholds=(0.3, 0.5, 0.7), *,
+                           min_distance=5, smooth_sigma=1.0, min_dynamic=MIN_DYNAMIC,
+                           min_marker_area=MIN_MARKER_AREA):
     """Grid search of the instance parameters on validation images, maximising pooled F1 at IoU 0.5.
 
     Parameters
     ----------
-    probs_list : sequence of array_like of float, shape (H_i, W_i)
-        Probability maps of the validation images.
+    maps_list : sequence of array_like of float, shape (H_i, W_i) or (2, H_i, W_i)
+        The validation images' maps (:func:`instances_from_maps`), all of one kind.
     gt_labels_list : sequence of array_like of int, shape (H_i, W_i)
         Their ground-truth label images; together they must hold at least one object.
     thresholds : sequence of float in [0, 1]
     opening_radii : sequence of int >= 0
     min_areas : sequence of int >= 0
-        The grid; every combination is tried, in this nested order (thresholds outermost).
+    marker_thresholds : sequence of float in [0, 1]
+        Searched only for (2, H, W) maps (``instances_from_contour``).
+        The grid; every combination is tried, in this nested order (thresholds outermost, marker thresholds
+        innermost).
     min_distance, smooth_sigma, min_dynamic
-        Fixed, as in ``instances_from_mask``.
+        Fixed, as in ``instances_from_mask`` (2-D maps).
+    min_marker_area
+        Fixed, as in ``instances_from_contour`` (3-class maps).
 
     Returns
     -------
     dict
-        ``params``: the chosen ``threshold``, ``opening_radius``, ``min_area``, ``min_distance``,
-        ``smooth_sigma``, ``min_dynamic`` (keyword arguments of ``instances_from_probs``); ``scores``: the
-        pooled scores of the chosen setting (``pooled_object_scores``); ``grid``: one dict per combination
-        in grid order with ``threshold``, ``opening_radius``, ``min_area``, ``precision``, ``recall``,
-        ``f1``, ``dsb_score``, ``mean_abs_count_error``. 18 combinations by default: about 16 s on three
-        650 x 580 validation images (measured on a shared 2-core machine).
-        Ties in F1 go to the higher pooled DSB score, then to the earlier combination in grid order.
+        ``params``: the chosen keyword arguments of ``instances_from_maps``; ``scores``: the pooled scores of
+        the chosen setting (``pooled_object_scores``); ``grid``: one dict per combination in grid order with
+        its parameters, ``precision``, ``recall``, ``f1``, ``dsb_score``, ``mean_abs_count_error``. 18
+        combinations for 2-D maps by default: about 16 s on three 650 x 580 validation images (measured on a
+        shared 2-core machine). Ties in F1 go to the higher pooled DSB score, then to the earlier combination.
 
     Raises
     ------
     ValueError
-        Empty or mismatched lists, an empty grid axis, a parameter out of range, images without any
-        ground-truth object, or invalid images.
+        Empty or mismatched lists, maps of mixed kinds, an empty grid axis, a parameter out of range, images
+        without any ground-truth object, or invalid images.
     """
-    probs_list = [_check_probs(p) for p in probs_list]
+    maps_list = [np.asarray(m) for m in maps_list]
     gt_labels_list = [_check_labels(g, "gt_labels") for g in gt_labels_list]
-    if not probs_list or len(probs_list) != len(gt_labels_list):
-        raise ValueError(f"need as many ground-truth label images as probability maps (at least one), got "
-                         f"{len(probs_list)} and {len(gt_labels_list)}")
-    for i, (probs, gt) in enumerate(zip(probs_list, gt_labels_list)):
-        if probs.shape != gt.shape:
-            raise ValueError(f"image {i}: probs shape {probs.shape} does not match gt_labels shape {gt.shape}")
+    if not maps_list or len(maps_list) != len(gt_labels_list):
+        raise ValueError(f"need as many ground-truth label images as maps (at least one), got "
+                         f"{len(maps_list)} and {len(gt_labels_list)}")
+    contour = maps_list[0].ndim == 3
+    for i, (maps, gt) in enumerate(zip(maps_list, gt_labels_list)):
+        if (maps.ndim == 3) != contour or maps.shape[-2:] != gt.shape or (contour and maps.shape[0] != 2):
+            raise ValueError(f"image {i}: maps of shape {maps.shape} do not go with gt_labels of shape {gt.shape} "
+                             f"and the other maps")
+        for m in (maps if contour else [maps]):
+            _check_probs(m)
     if not any(gt.any() for gt in gt_labels_list):
         raise ValueError("the validation images hold no ground-truth object: F1 is undefined")
     thresholds = [_unit_param(t, "threshold") for t in thresholds]
     opening_radii = [_int_param(r, "opening_radius", 0) for r in opening_radii]
     min_areas = [_int_param(a, "min_area", 0) for a in min_areas]
-    if not (thresholds and opening_radii and min_areas):
-        raise ValueError("thresholds, opening_radii and min_areas must each hold at least one value")
+    marker_thresholds = [_unit_param(t, "marker_threshold") for t in marker_thresholds] if contour else [None]
+    if not (thresholds and opening_radii and min_areas and marker_thresholds):
+        raise ValueError("thresholds, opening_radii, min_areas and marker_thresholds must each hold at least one value")
     min_distance, smooth_sigma, min_dynamic = _check_marker_params(min_distance, smooth_sigma, min_dynamic)
+    min_marker_area = _int_param(min_marker_area, "min_marker_area", 0)
 
-    grid, best, best_pooled = [], None, None
+    def cut(threshold, radius, min_area, marker_threshold, opened):
+        if contour:
+            params = {"threshold": threshold, "marker_threshold": marker_threshold, "opening_radius": radius,
+                      "min_area": min_area, "min_marker_area": min_marker_area}
+            return params, [instances_from_contour(m[0], m[1], **params) for m in maps_list]
+        params = {"threshold": threshold, "opening_radius": radius, "min_area": min_area,
+                  "min_distance": min_distance, "smooth_sigma": smooth_sigma, "min_dynamic": min_dynamic}
+        # The opened masks do not depend on min_area: computed once per (threshold, radius).
+        return params, [instances_from_mask(mask, opening_radius=0, min_area=min_area, min_distance=min_distance,
+                                            smooth_sigma=smooth_sigma, min_dynamic=min_dynamic)
+                        for mask in opened]
+
+    grid, best, best_pooled, best_params = [], None, None, None
     for threshold in thresholds:
         for radius in opening_radii:
-            # The opened masks do not depend on min_area: compute them once per (threshold, radius).
-            opened = [_open(_foreground(p, threshold), radius) for p in probs_list]
+            opened = None if contour else [_open(_foreground(m, threshold), radius) for m in maps_list]
             for min_area in min_areas:
-                pooled = pooled_object_scores(
-                    object_scores(gt, instances_from_mask(mask, opening_radius=0, min_area=min_area,
-                                                          min_distance=min_distance, smooth_sigma=smooth_sigma,
-                                                          min_dynamic=min_dynamic))
-                    for gt, mask in zip(gt_labels_list, opened))
-                row = {"threshold": threshold, "opening_radius": radius, "min_area": min_area,
-                       **{k: pooled[k] for k in ("precision", "recall", "f1", "dsb_score",
-                                                 "mean_abs_count_error")}}
-                grid.append(row)
-                if best is None or (row["f1"], row["dsb_score"]) > (best["f1"], best["dsb_score"]):
-                    best, best_pooled = row, pooled
-    params = {"threshold": best["threshold"], "opening_radius": best["opening_radius"],
-              "min_area": best["min_area"], "min_distance": min_distance, "smooth_sigma": smooth_sigma,
-              "min_dynamic": min_dynamic}
-    return {"params": params, "scores": best_pooled, "grid": grid}
+                for marker_threshold in marker_thresholds:
+                    params, predictions = cut(threshold, radius, min_area, marker_threshold, opened)
+                    pooled = pooled_object_scores(object_scores(gt, pred)
+                                                  for gt, pred in zip(gt_labels_list, predictions))
+                    row = {**{k: params[k] for k in ("threshold", "marker_threshold", "opening_radius", "min_area")
+                              if k in params},
+                           **{k: pooled[k] for k in ("precision", "recall", "f1", "dsb_score",
+                                                     "mean_abs_count_error")}}
+                    grid.append(row)
+                    if best is None or (row["f1"], row["dsb_score"]) > (best["f1"], best["dsb_score"]):
+                        best, best_pooled, best_params = row, pooled, params
+    return {"params": best_params, "scores": best_pooled, "grid": grid}

@@ -25,11 +25,12 @@ import numpy as np
 
 import cellfcn
 import tools
-from cellfcn import caffe_env, cli, files
+from cellfcn import caffe_env, cli, files, schema
+from cellfcn.machine import cpuinfo
 from cellfcn.constants import STAGES
 from cellfcn.errors import CaffeNotFound, InputError
 from tools import evaluate as E
-from tools import experiments, table1
+from tools import experiments
 
 EXPERIMENT_FILES = ("table2.json", "data_efficiency.png", "finetune_curves.png")
 
@@ -306,10 +307,7 @@ def environment():
         info.append(("BLAS (ldd libcaffe)", "; ".join(blas) or "none found"))
     except CaffeNotFound as err:
         info.append(("Caffe", f"not found ({err})"))
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = found.group(1).strip() if found else cpu
+    cpu = cpuinfo()["model"] if Path("/proc/cpuinfo").is_file() else "unknown"
     info.append(("CPU", f"{cpu} ({os.cpu_count()} logical cores)"))
     gpu = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
     info.append(("GPU", gpu if gpu and "unavailable" not in gpu and "failed" not in gpu.lower() else "none"))
@@ -359,7 +357,7 @@ def data_section(doc, data):
 def build(runs, data, out):
     """Write the whole report into the folder ``out`` (which must exist and be empty)."""
     runs, data, out = Path(runs), Path(data), Path(out)
-    table = table1.load_table(runs / "eval" / "table1.json")
+    table = schema.load(runs / "eval" / "table1.json", schema.TABLE1)
     doc = Doc(out)
     doc.p("Reproduction of Marzo & La Rosa (2016), \"Microscopy cell semantic segmentation with "
           "fully-convolutional neural networks\": FCRN-A trained with BVLC Caffe on SIMCEP-like synthetic "

@@ -1,31 +1,47 @@
-"""Segment and count nuclei in whole microscopy images of any size (``make segment IN=<folder>``).
+"""Segment and count nuclei in whole microscopy images of any size and magnification (``make segment IN=<folder>``).
 
 Every TIFF/PNG image of the input folders (or the files named) is prepared like the training data
-(``data_prep``: one channel, percentile normalisation, the dataset's resize factor, read from its
-``--manifest``; the maps are resized back), run through the net in tiles by :mod:`tools.infer` (whose weight
-check refuses a model of another net) and cut into nuclei by :func:`tools.objects.instances_from_probs`
-with the parameters ``make evaluate`` chose on the validation images (``--params``: its ``objects.json``),
-or with explicit ``--threshold``, ``--opening`` and ``--min-area`` (pixels at the net's scale, like the
-dataset's), at the net's scale; maps and labels are then resized back to the file's size. Per image it writes ``<stem>_prob.tif``
-(float32), ``<stem>_labels.tif`` (int32 instances), ``<stem>_overlay.png`` (instance outlines in red) and
-``<stem>.json`` (its record), and for the whole run one ``counts.csv`` (file, cells, areas, status, error).
+(``data_prep``: one channel, percentile normalisation, a resize factor), run through the net in tiles by
+:mod:`tools.infer` (whose weight check refuses a model of another net) and cut into nuclei by
+:func:`tools.objects.instances_from_maps` at the net's scale; maps and labels are then resized back to the
+file's size.
 
+- **The model's own parameters.** The instance parameters and the dataset's preprocessing (resize factor,
+  percentiles, median nucleus diameter) come from ``<model>.params.json``, which ``make evaluate`` writes for
+  the model it chose them for (:mod:`tools.model_params`, checked against the model's SHA-256). A model
+  without that file is refused unless ``--threshold``, ``--opening`` and ``--min-area`` (and for a 3-class
+  net ``--marker-threshold``) are given, with ``--manifest`` naming its dataset. Without ``--model``, the
+  model of ``--objects`` (``make evaluate``'s ``objects.json``) with the highest validation F1.
+- **Any magnification** (:mod:`tools.scale`). ``--diameter auto`` (default): every image's nucleus size is
+  measured first (a classical segmentation, no net) and the run's resize factor is the median of the images'
+  estimates, the dataset's own factor when that is within 15% of it (images like the training data);
+  ``--diameter <px>``: the typical nucleus diameter of the images in their own pixels sets the factor (the
+  dataset's diameter / px); ``--scale <f>``: the factor itself. Every record and ``counts.csv`` give the factor
+  used, whether it was estimated, and the image's own estimate.
+- Per image: ``<stem>_prob.tif`` (float32 nucleus probability), ``<stem>_labels.tif`` (int32 instances),
+  ``<stem>_overlay.png`` (instance outlines in red) and ``<stem>.json`` (its record); for the run
+  ``counts.csv`` (file, cells, areas, channel, factor, status, error); for the folder ``manifest.json`` (every
+  image it holds: source, settings digest, the SHA-256 of each output).
+- **One run per output folder** (a lock: a second run into it refuses in one line); a folder that no segment
+  run wrote, an input inside the output folder, or a stem whose outputs there came from another image is
+  refused before any work.
 - One image that fails (unreadable file, no usable channel) is recorded in ``counts.csv`` with its error and
-  the rest go on; the exit status is then 1 with a one-line summary.
-- A rerun skips every image whose record holds the same digest of model, deploy net, parameters,
-  preprocessing and image file, and whose outputs exist.
+  the rest go on (its earlier outputs, if any, stay as they were); the exit status is then 1 with a one-line
+  summary. A rerun skips every image whose record holds the same digest of model, deploy net, parameters,
+  preprocessing, resize factor and image file, and whose outputs still have the SHA-256 it recorded.
 - Serially in this process (``--workers 0``), or on Dask's distributed scheduler: a ``LocalCluster`` of
   ``--workers`` processes (default: one per core), or an existing cluster (``--scheduler tcp://host:8786``;
   its workers must see the same paths). Each worker process loads the net once and writes its images' files
   itself (atomically); the per-image function is the same in both paths, and so are the outputs, byte for
   byte: every process runs BLAS with one thread (``WORKER_ENV``; the cores are shared out by processes), as
-  OpenBLAS's float sums depend on its thread count in the last bits. Memory: every process holds its own
-  net, measured at about 7 GB resident with ``--tile 512`` on 576 x 652 images; a smaller ``--tile`` or
-  fewer ``--workers`` where memory is short.
+  OpenBLAS's float sums depend on its thread count in the last bits. Memory: every process holds its own net
+  and tiles of at most ``--tile`` pixels; a smaller ``--tile`` or fewer ``--workers`` where memory is short.
 """
 import argparse
+import contextlib
 import csv
 import io
+import math
 import os
 import sys
 import time
@@ -36,14 +52,17 @@ import numpy as np
 from cellfcn import cli, files
 from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import CellfcnError, InputError
-from tools import infer
+from tools import infer, model_params, scale
 from tools import objects as O
 
-REPO = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-PARAM_KEYS = ("threshold", "opening_radius", "min_area", "min_distance", "smooth_sigma", "min_dynamic")
 CSV_FIELDS = ("file", "status", "cells", "mean_area_px", "median_area_px", "min_area_px", "max_area_px",
-              "cell_fraction", "height", "width", "error")
+              "median_diameter_px", "cell_fraction", "height", "width", "channel", "factor", "factor_estimated",
+              "image_estimate", "error")
+OUTPUT_ENDS = ("_prob.tif", "_labels.tif", "_overlay.png")
+FOLDER_MANIFEST = "manifest.json"
+FOLDER_SCHEMA = 1
+LOCK = ".segment.lock"
 # One BLAS thread per process: n processes on n cores, not n x n threads; also the serial path, for identical
 # outputs (set before pycaffe loads libopenblas, which reads it once).
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -60,9 +79,9 @@ def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PC
     name : str
         Used in error messages.
     scale : float
-        Resize factor of the dataset the model was trained on (``parameters.scale`` in its manifest).
+        Resize factor before the net.
     percentiles : (float, float)
-        Normalisation percentiles of that dataset (``parameters.percentiles``).
+        Normalisation percentiles of the model's dataset.
 
     Returns
     -------
@@ -84,18 +103,6 @@ def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PC
     return image, net_input
 
 
-def dataset_preprocessing(manifest):
-    """``scale`` and ``percentiles`` a dataset was built with, from its ``manifest.json`` (data_prep).
-
-    Every data_prep manifest records its percentiles; a missing one means the file is not such a manifest, not
-    a default. Only a dataset built without resizing (synthetic) records no scale: it was built at 1.
-    """
-    params = files.read_json(manifest, "dataset manifest").get("parameters", {})
-    if "percentiles" not in params:
-        raise InputError(f"{manifest}: no parameters.percentiles (not a data_prep manifest?)")
-    return float(params.get("scale", 1.0)), tuple(params["percentiles"])
-
-
 def overlay(image, labels, truth=None):
     """RGB uint8 picture of ``image`` (in [0, 1]) with the outline of every instance of ``labels`` in red
     (touching nuclei show their shared border) and, optionally, those of the ``truth`` labels in green."""
@@ -109,39 +116,30 @@ def overlay(image, labels, truth=None):
     return rgb
 
 
-def save_png(path, array):
-    """Write a uint8 gray or RGB array as PNG, atomically."""
-    from PIL import Image
-
-    with files.atomic_file(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-def save_tiff(path, array):
-    """Write a gray array (float32 map, int32 labels) as TIFF in its own dtype, atomically."""
-    import tifffile
-
-    with files.atomic_file(path) as tmp:
-        tifffile.imwrite(tmp, np.asarray(array), photometric="minisblack")
-
-
 def save_outputs(out, stem, image, prob, labels, truth=None):
-    """Write ``<stem>_prob.tif``, ``<stem>_labels.tif`` and ``<stem>_overlay.png`` into ``out``.
+    """Write ``<stem>_prob.tif``, ``<stem>_labels.tif`` and ``<stem>_overlay.png`` into ``out``: all three or
+    none (each goes to a temporary name; they replace the old files only once all are written).
 
     Returns
     -------
     dict
         ``prob``, ``labels``, ``overlay``: the file names written.
     """
-    names = {"prob": f"{stem}_prob.tif", "labels": f"{stem}_labels.tif", "overlay": f"{stem}_overlay.png"}
-    save_tiff(Path(out) / names["prob"], np.asarray(prob, dtype=np.float32))
-    save_tiff(Path(out) / names["labels"], np.asarray(labels, dtype=np.int32))
-    save_png(Path(out) / names["overlay"], overlay(image, labels, truth))
+    import tifffile
+    from PIL import Image
+
+    names = dict(zip(("prob", "labels", "overlay"), (f"{stem}{end}" for end in OUTPUT_ENDS)))
+    with contextlib.ExitStack() as stack:
+        tmp = {key: stack.enter_context(files.atomic_file(Path(out) / name)) for key, name in names.items()}
+        tifffile.imwrite(tmp["prob"], np.asarray(prob, dtype=np.float32), photometric="minisblack")
+        tifffile.imwrite(tmp["labels"], np.asarray(labels, dtype=np.int32), photometric="minisblack")
+        Image.fromarray(overlay(image, labels, truth)).save(tmp["overlay"], format="PNG")
     return names
 
 
 def area_stats(labels):
-    """Count and size of the nuclei of an instance label image (areas in pixels of the written image)."""
+    """Count and size of the nuclei of an instance label image (areas and diameters in pixels of the written
+    image; the median diameter as :func:`tools.scale.median_diameter` measures it)."""
     labels = np.asarray(labels)
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
@@ -149,11 +147,13 @@ def area_stats(labels):
     for key, fn in (("mean_area_px", np.mean), ("median_area_px", np.median), ("min_area_px", np.min),
                     ("max_area_px", np.max)):
         stats[key] = round(float(fn(areas)), 2) if areas.size else None
+    diameter = scale.median_diameter(labels, min_nuclei=1)
+    stats["median_diameter_px"] = round(diameter, 2) if math.isfinite(diameter) else None
     return stats
 
 
 def segment_prepared(net, image, net_input, params, tile=infer.TILE):
-    """Probability map and instance labels of one prepared image, both at the size of ``image``.
+    """Nucleus probability and instance labels of one prepared image, both at the size of ``image``.
 
     The nuclei are cut out at the net's scale, where ``make evaluate`` chose ``params`` (areas and distances
     in pixels of the dataset's scale); then the map is resized back bilinearly and the labels by nearest
@@ -167,19 +167,21 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE):
     net_input : (h, w) float32 in [0, 1]
         What the net sees (:func:`prepare`).
     params : dict
-        Keyword arguments of :func:`tools.objects.instances_from_probs` (``PARAM_KEYS``).
+        Keyword arguments of :func:`tools.objects.instances_from_maps`.
     tile : int
 
     Returns
     -------
     prob : (H, W) float32
+        The nucleus probability (:func:`tools.infer.nucleus_probability` of the net's maps).
     labels : (H, W) int32
         Nuclei 1..n in raster order.
     """
     from data_prep.io import relabel_raster_order
 
-    prob = infer.segment_image(net, net_input, tile=tile)
-    labels = O.instances_from_probs(prob, **params)
+    maps = infer.segment_image(net, net_input, tile=tile)
+    labels = O.instances_from_maps(maps, **params)
+    prob = infer.nucleus_probability(maps)
     if prob.shape != np.shape(image):
         from skimage.transform import resize
 
@@ -187,6 +189,32 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE):
         labels = relabel_raster_order(np.rint(resize(labels, np.shape(image), order=0, preserve_range=True,
                                                      anti_aliasing=False)).astype(np.int64))
     return prob, labels
+
+
+def estimate_raw(raw, name, settings):
+    """The image's own resize factor (:func:`tools.scale.estimate_factor` with
+    :func:`tools.scale.classical_diameter`, no net), from the ``dataset``'s factor and nucleus diameter.
+
+    Parameters
+    ----------
+    raw : ndarray
+        The decoded file.
+    name : str
+        For error messages.
+    settings : dict
+        ``dataset`` (``scale``, ``percentiles``, ``nucleus_diameter_px``) and ``channel``.
+
+    Returns
+    -------
+    dict
+        :func:`tools.scale.estimate_factor`'s result.
+    """
+    dataset = settings["dataset"]
+
+    def measure(factor):
+        return scale.classical_diameter(prepare(raw, settings["channel"], name, factor, dataset["percentiles"])[1])
+
+    return scale.estimate_factor(measure, dataset["scale"], dataset["nucleus_diameter_px"])
 
 
 # ----------------------------------------------------------------------------------------- one image, anywhere
@@ -205,17 +233,78 @@ def _net(settings):
     return _NETS[key]
 
 
-def run_digest(settings):
-    """Digest of everything that decides one image's outputs except the image: model, net, parameters, the
-    preprocessing and the code."""
+def code_digest():
+    """Digest of the code that makes the outputs."""
     import data_prep
     import tools
 
-    keys = ("model_sha256", "deploy_sha256", "params", "scale", "percentiles", "channel", "tile")
-    return files.digest({k: settings[k] for k in keys}, files.code_digest(tools, data_prep))
+    return files.code_digest(tools, data_prep)
 
 
-def segment_file(path, stem, settings):
+def run_digest(settings):
+    """Digest of everything that decides one image's outputs except the image: model, net, parameters, the
+    preprocessing, the resize factor and the code."""
+    keys = ("model_sha256", "deploy_sha256", "params", "dataset", "factor", "channel", "tile")
+    return files.digest({k: settings[k] for k in keys}, settings["code"])
+
+
+def estimate_digest(settings):
+    """Digest of what decides an image's own factor estimate except the image."""
+    return files.digest({k: settings[k] for k in ("dataset", "channel")}, settings["code"])
+
+
+def _read_record(path):
+    """An image's record, or None when it is missing or unreadable (then the image is segmented again)."""
+    try:
+        record = files.read_json(path)
+    except CellfcnError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def outputs_intact(out, record):
+    """True when every output file the record lists still has the SHA-256 it was written with."""
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict) or sorted(outputs) != sorted(f"{record.get('stem')}{e}" for e in OUTPUT_ENDS):
+        return False
+    for name, sha in outputs.items():
+        path = Path(out) / name
+        if not path.is_file() or files.sha256_file(path) != sha:
+            return False
+    return True
+
+
+def _failed(path, err):
+    return {"file": str(path), "status": "failed", "error": str(err).splitlines()[0] if str(err) else
+            type(err).__name__}
+
+
+def estimate_file(path, stem, settings, _=None):
+    """One image's own factor estimate (``--diameter auto``'s first phase, no net), reused from its record when
+    the image and the estimate's settings are unchanged.
+
+    Returns
+    -------
+    dict
+        ``file``, ``status`` ('done' or 'failed'), ``key``, and :func:`estimate_raw`'s ``factor``,
+        ``estimated``, ``converged``, ``diameter_px`` (None when unmeasured) and ``passes``; or ``error``.
+    """
+    from data_prep.io import read_array
+
+    try:
+        key = files.digest(settings["estimate_digest"], files.sha256_file(path))
+        old = (_read_record(Path(settings["out"]) / f"{stem}.json") or {}).get("estimate")
+        if isinstance(old, dict) and old.get("key") == key:
+            return {**old, "file": str(path)}
+        found = estimate_raw(read_array(path), str(path), settings)
+        return {"file": str(path), "status": "done", "key": key, **found,
+                "diameter_px": found["diameter_px"] if math.isfinite(found["diameter_px"]) else None,
+                "passes": [[f, d if math.isfinite(d) else None] for f, d in found["passes"]]}
+    except (CellfcnError, ValueError, OSError) as err:
+        return _failed(path, err)
+
+
+def segment_file(path, stem, settings, estimate=None):
     """Segment one image file and write its outputs: the per-image step of the serial and the Dask path.
 
     Parameters
@@ -225,37 +314,46 @@ def segment_file(path, stem, settings):
     stem : str
         Output names: ``<stem>_prob.tif``, ``<stem>_labels.tif``, ``<stem>_overlay.png``, ``<stem>.json``.
     settings : dict
-        From :func:`make_settings` (picklable; the net itself is loaded once per process).
+        From :func:`make_settings` with the run's ``factor`` (picklable; the net itself is loaded once per
+        process).
+    estimate : dict, optional
+        The image's own :func:`estimate_file` (``--diameter auto``), kept in its record.
 
     Returns
     -------
     dict
-        The ``counts.csv`` row: ``file``, ``status`` ('done', 'skipped' (done before with the same digest) or
-        'failed'), the :func:`area_stats`, ``height``, ``width``, ``error``. A bad image gives a 'failed' row,
-        never an exception.
+        The ``counts.csv`` row: ``file``, ``status`` ('done', 'skipped' (done before with the same digest,
+        outputs intact) or 'failed'), the :func:`area_stats`, ``height``, ``width``, ``channel`` (which channel
+        of the file was segmented, :func:`data_prep.io.gray_channel`), ``factor``,
+        ``factor_estimated``, ``image_estimate``, ``error``. A bad image gives a 'failed' row, never an
+        exception.
     """
-    from data_prep.io import read_array
+    from data_prep.io import gray_channel, read_array
 
     out = Path(settings["out"])
     record_path = out / f"{stem}.json"
     try:
-        key = files.digest(settings["digest"], files.sha256_file(path))
-        if record_path.is_file():
-            old = files.read_json(record_path)
-            if old.get("digest") == key and all((out / f"{stem}{end}").is_file() for end in
-                                                ("_prob.tif", "_labels.tif", "_overlay.png")):
-                return {**old["row"], "status": "skipped"}
-        image, net_input = prepare(read_array(path), settings["channel"], str(path), settings["scale"],
-                                   settings["percentiles"])
+        source_sha256 = files.sha256_file(path)
+        key = files.digest(settings["digest"], source_sha256)
+        old = _read_record(record_path)
+        if old is not None and old.get("digest") == key and outputs_intact(out, old):
+            return {**old["row"], "status": "skipped"}
+        gray, channel = gray_channel(read_array(path), settings["channel"], str(path))
+        image, net_input = prepare(gray, None, str(path), settings["factor"], settings["dataset"]["percentiles"])
         prob, labels = segment_prepared(_net(settings), image, net_input, settings["params"], settings["tile"])
-        save_outputs(out, stem, image, prob, labels)
+        names = save_outputs(out, stem, image, prob, labels)
+        own = estimate.get("factor") if estimate and estimate.get("estimated") else None
         row = {"file": str(path), "status": "done", **area_stats(labels), "height": int(image.shape[0]),
-               "width": int(image.shape[1]), "error": ""}
-        files.write_json(record_path, {"digest": key, "row": row})
+               "width": int(image.shape[1]), "channel": channel, "factor": round(settings["factor"], 6),
+               "factor_estimated": settings["factor_estimated"],
+               "image_estimate": None if own is None else round(own, 6), "error": ""}
+        files.write_json(record_path, {"digest": key, "stem": stem, "source": str(Path(path).absolute()),
+                                       "source_sha256": source_sha256, "row": row,
+                                       "factor_from": settings["factor_from"], "estimate": estimate,
+                                       "outputs": {n: files.sha256_file(out / n) for n in names.values()}})
         return row
     except (CellfcnError, ValueError, OSError) as err:
-        return {"file": str(path), "status": "failed", "error": str(err).splitlines()[0] if str(err) else
-                type(err).__name__}
+        return _failed(path, err)
 
 
 # ----------------------------------------------------------------------------------------------- a whole run
@@ -270,7 +368,8 @@ def find_images(inputs):
     Raises
     ------
     InputError
-        A missing input, a folder without images, or two inputs that would write the same output names.
+        A missing input, a folder without images, two inputs that would write the same output names, or an
+        image whose record would be the output folder's manifest.
     """
     found = []
     for item in map(Path, inputs):
@@ -289,38 +388,158 @@ def find_images(inputs):
         if path.stem in seen:
             raise InputError(f"{seen[path.stem]} and {path} would both write {path.stem}_*: rename one, or "
                              f"segment them into different --out folders")
+        if f"{path.stem}.json" == FOLDER_MANIFEST:
+            raise InputError(f"{path}: its record would be the output folder's {FOLDER_MANIFEST}: rename the image")
         seen[path.stem] = path
     return [(path, path.stem) for path in found]
 
 
-def make_settings(args, params, scale, percentiles):
-    """The picklable description of a run that every image's step needs."""
-    settings = {"model": str(Path(args.model).absolute()), "model_sha256": files.sha256_file(args.model),
+def check_out_apart(out, inputs):
+    """Refuse an output folder that is an input folder or holds an input file: its outputs would be read as
+    images on the next run."""
+    out = Path(out).resolve()
+    for item in map(Path, inputs):
+        where = item.resolve() if item.is_dir() else item.resolve().parent
+        if where == out:
+            raise InputError(f"--out {out} is where the input {item} lies: the next run would segment its "
+                             "outputs; choose another output folder")
+
+
+@contextlib.contextmanager
+def folder_lock(out):
+    """Hold the output folder's lock (``.segment.lock``, flock) for a run; a second run refuses in one line.
+
+    The kernel releases the lock of a killed process; the file is removed when the run ends.
+
+    Raises
+    ------
+    CellfcnError
+        Another run holds the lock.
+    """
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise CellfcnError(f"{out} is being written by another segment run (pid {holder or '?'}): wait for "
+                               "it to end, or choose another --out") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:  # not a file the previous holder removed while we opened it
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def read_folder_manifest(out):
+    """What an output folder holds, from its ``manifest.json`` (empty for a new or empty folder).
+
+    Raises
+    ------
+    InputError
+        A folder holding files without a manifest (not a segment output folder), or a manifest this version
+        did not write.
+    """
+    out = Path(out)
+    path = out / FOLDER_MANIFEST
+    if not path.exists():
+        visible = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+        if visible:
+            raise InputError(f"--out {out} holds files that no segment run wrote ({', '.join(visible[:3])}"
+                             f"{', ...' if len(visible) > 3 else ''}; no {FOLDER_MANIFEST}): choose an empty or "
+                             "new output folder")
+        return {"schema_version": FOLDER_SCHEMA, "images": {}}
+    manifest = files.read_json(path, "segment output manifest")
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != FOLDER_SCHEMA \
+            or not isinstance(manifest.get("images"), dict):
+        raise InputError(f"{path} is not a manifest this version of tools.segment wrote: choose another --out")
+    return manifest
+
+
+def check_sources(manifest, images, out):
+    """Refuse a run whose image would replace the outputs another image (other path and content) made."""
+    for path, stem in images:
+        entry = manifest["images"].get(stem)
+        if entry and entry.get("source") != str(path.absolute()) \
+                and entry.get("source_sha256") != files.sha256_file(path):
+            raise InputError(f"{Path(out) / stem}_* were made from {entry.get('source')}, not {path}: segment "
+                             "into another --out")
+
+
+def update_folder_manifest(out, manifest, images, rows, settings):
+    """Record what the folder holds after a run: each image's source, settings digest and output digests
+    (from its record), and this run's settings; images of earlier runs stay listed."""
+    for (path, stem), row in zip(images, rows):
+        record = _read_record(Path(out) / f"{stem}.json")
+        entry = {"source": str(path.absolute()), "last_run": row["status"]}
+        if record is not None and "outputs" in record:
+            entry.update(source_sha256=record.get("source_sha256"), digest=record.get("digest"),
+                         outputs=record["outputs"], made_from=record.get("source"))
+        if row["status"] == "failed":
+            entry["error"] = row["error"]  # any outputs listed are an earlier run's
+        manifest["images"][stem] = entry
+    manifest["last_run"] = {k: settings[k] for k in ("model", "model_sha256", "deploy", "params", "dataset",
+                                                       "factor", "factor_estimated", "factor_from", "params_from",
+                                                       "digest")}
+    files.write_json(Path(out) / FOLDER_MANIFEST, manifest)
+
+
+def make_settings(args, model, params, dataset, params_from):
+    """The picklable description of a run that every image's step needs; ``factor`` is the resize factor, or
+    "auto" until :func:`choose_factor` sets it."""
+    settings = {"model": str(Path(model).absolute()), "model_sha256": files.sha256_file(model),
                 "deploy": str(Path(args.deploy).absolute()), "deploy_sha256": files.sha256_file(args.deploy),
-                "gpu": args.gpu, "params": params, "scale": scale, "percentiles": list(percentiles),
-                "channel": args.channel, "tile": args.tile, "out": str(Path(args.out).absolute())}
-    settings["digest"] = run_digest(settings)
+                "gpu": args.gpu, "params": params, "params_from": params_from, "dataset": dataset,
+                "factor": resolve_factor(args, dataset), "factor_estimated": False,
+                "factor_from": (f"--scale {args.scale:g}" if args.scale is not None else "--diameter auto"
+                                if args.diameter in (None, "auto") else f"--diameter {args.diameter:g} px"),
+                "channel": args.channel, "tile": args.tile, "out": str(Path(args.out).absolute()),
+                "code": code_digest()}
+    settings["estimate_digest"] = estimate_digest(settings)
     return settings
 
 
-def _progress(total):
+def choose_factor(settings, estimates):
+    """Set the run's factor from the images' own estimates (:func:`tools.scale.run_factor`) and the digest."""
+    factor, estimated = scale.run_factor([e["factor"] if e.get("estimated") else None for e in estimates],
+                                         settings["dataset"]["scale"])
+    n = sum(bool(e.get("estimated")) for e in estimates)
+    if not estimated:
+        how = "no image had nuclei to measure: the dataset's factor"
+    elif factor == settings["dataset"]["scale"]:
+        how = f"the median of {n} images' estimates is within {scale.KEEP:.0%} of the dataset's factor: kept"
+    else:
+        how = f"the median of {n} images' estimates"
+    settings.update(factor=factor, factor_estimated=estimated, factor_from=f"--diameter auto ({how})")
+    settings["digest"] = run_digest(settings)
+
+
+def _progress(total, desc):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="segment", unit="image", file=sys.stderr, disable=None)  # off unless a tty
+    return tqdm(total=total, desc=desc, unit="image", file=sys.stderr, disable=None)  # off unless a tty
 
 
-def run_serial(images, settings):
-    """Every image's :func:`segment_file` in this process; rows in input order."""
-    rows = []
-    with _progress(len(images)) as bar:
-        for path, stem in images:
-            rows.append(segment_file(str(path), stem, settings))
-            bar.update()
-    return rows
-
-
-def run_dask(images, settings, scheduler=None, workers=None):
-    """Every image's :func:`segment_file` on Dask's distributed scheduler; rows in input order.
+@contextlib.contextmanager
+def image_map(scheduler=None, workers=0):
+    """A ``map(fn, images, settings, extras, desc)`` that calls ``fn(path, stem, settings, extra)`` for every
+    image and returns the results in input order: serially in this process (``workers`` 0, no scheduler), or on
+    Dask's distributed scheduler, one client for the whole run.
 
     Parameters
     ----------
@@ -328,30 +547,45 @@ def run_dask(images, settings, scheduler=None, workers=None):
         Address of a running scheduler (start its workers with ``WORKER_ENV`` set, e.g.
         ``OPENBLAS_NUM_THREADS=1 dask worker ...``); default: a ``LocalCluster`` of ``workers`` processes
         started with ``WORKER_ENV``.
-    workers : int, optional
-        Worker processes of the local cluster (default: one per core).
+    workers : int
+        Worker processes of the local cluster; 0: serial.
     """
+    if not scheduler and not workers:
+        def serial(fn, images, settings, extras, desc):
+            results = []
+            with _progress(len(images), desc) as bar:
+                for (path, stem), extra in zip(images, extras):
+                    results.append(fn(str(path), stem, settings, extra))
+                    bar.update()
+            return results
+
+        yield serial
+        return
     from dask.distributed import Client, LocalCluster, as_completed
 
     if scheduler:
         cluster, client = None, Client(scheduler)
     else:
-        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=None, env=WORKER_ENV)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               env=WORKER_ENV)
         client = Client(cluster)
-    try:
-        futures = [client.submit(segment_file, str(path), stem, settings, pure=False)
-                   for path, stem in images]
-        with _progress(len(futures)) as bar:
+
+    def distributed(fn, images, settings, extras, desc):
+        futures = [client.submit(fn, str(path), stem, settings, extra, pure=False)
+                   for (path, stem), extra in zip(images, extras)]
+        with _progress(len(futures), desc) as bar:
             for _ in as_completed(futures):
                 bar.update()
-        rows = []
+        results = []
         for (path, _), future in zip(images, futures):
             try:
-                rows.append(future.result())
+                results.append(future.result())
             except Exception as err:  # a worker lost (killed, out of memory): that image failed, not the run
-                rows.append({"file": str(path), "status": "failed", "error": f"{type(err).__name__}: {err}"})
-        return rows
+                results.append({"file": str(path), "status": "failed", "error": f"{type(err).__name__}: {err}"})
+        return results
+
+    try:
+        yield distributed
     finally:
         client.close()
         if cluster is not None:
@@ -368,35 +602,123 @@ def write_counts(path, rows):
     files.write_text(path, text.getvalue())
 
 
-def resolve_params(args):
-    """The instance parameters: explicit ``--threshold``/``--opening``/``--min-area``, else ``--params``."""
-    from tools.count import chosen_params
+def best_model(objects):
+    """The evaluated model with the highest validation F1 among the rows of ``make evaluate``'s objects.json
+    (ties: the higher validation DSB score, then the earlier row).
 
-    explicit = (args.threshold, args.opening, args.min_area)
-    if any(v is not None for v in explicit):
-        if any(v is None for v in explicit):
-            raise InputError("give all of --threshold, --opening and --min-area, or none (then --params)")
-        params = {"threshold": args.threshold, "opening_radius": args.opening, "min_area": args.min_area,
-                  "min_distance": 5, "smooth_sigma": 1.0, "min_dynamic": O.MIN_DYNAMIC}
-    elif args.params and Path(args.params).is_file():
-        params = chosen_params(args.params)
+    Returns
+    -------
+    (Path, dict)
+        The model and its row.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file, or no row that names a model with a validation F1.
+    """
+    from tools.count import load_objects
+
+    def number(value):
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            else -math.inf
+
+    best = None
+    for row in load_objects(objects).get("rows", []):
+        val = row.get("val") if isinstance(row.get("val"), dict) else {}
+        if row.get("model_path") and number(val.get("f1")) > -math.inf:
+            key = (number(val.get("f1")), number(val.get("dsb_score")))
+            if best is None or key > best[0]:
+                best = (key, row)
+    if best is None:
+        raise InputError(f"{objects} names no evaluated model with a validation F1: run `make evaluate`, or give "
+                         "--model")
+    return Path(best[1]["model_path"]), best[1]
+
+
+FLAGS = {"threshold": "--threshold", "opening_radius": "--opening", "min_area": "--min-area",
+         "marker_threshold": "--marker-threshold"}
+
+
+def resolve_params(args, model, classes):
+    """The instance parameters and the dataset preprocessing of a run.
+
+    The model's own ``<model>.params.json`` gives both; explicit ``--threshold``/``--opening``/``--min-area``
+    (and ``--marker-threshold`` for a 3-class net) replace its parameters, and are needed, with ``--manifest``
+    for the preprocessing, for a model without that file.
+
+    Returns
+    -------
+    params : dict
+        Keyword arguments of :func:`tools.objects.instances_from_maps`.
+    dataset : dict
+        ``scale``, ``percentiles``, ``nucleus_diameter_px``.
+    params_from : str
+        ``"explicit"`` or the parameters file.
+
+    Raises
+    ------
+    InputError
+        No parameters (or parameters chosen for another model: :func:`tools.model_params.read_model_params`),
+        some explicit parameters but not all, parameters of the other kind of net, no preprocessing, or a
+        ``--manifest`` that contradicts the model's file.
+    """
+    explicit = {"threshold": args.threshold, "opening_radius": args.opening, "min_area": args.min_area}
+    if classes == 3:
+        explicit["marker_threshold"] = args.marker_threshold
+    elif args.marker_threshold is not None:
+        raise InputError(f"--marker-threshold is for a 3-class net; {model} has {classes} classes")
+    given = any(v is not None for v in explicit.values())
+    if given and any(v is None for v in explicit.values()):
+        raise InputError(f"give all of {', '.join(FLAGS[k] for k in explicit)} or none (then the model's own "
+                         "parameters)")
+    sidecar = model_params.params_path(model)
+    record = model_params.read_model_params(model) if sidecar.is_file() or not given else None
+    manifest = None
+    if args.manifest:
+        try:
+            manifest = model_params.dataset_preprocessing(files.read_json(args.manifest, "dataset manifest"))
+        except InputError as err:
+            raise InputError(f"{args.manifest}: {err}") from None
+    if record is not None:
+        dataset = record["dataset"]
+        if manifest is not None and manifest != dataset:
+            raise InputError(f"{model} was trained on data prepared with {dataset} ({sidecar.name}), not "
+                             f"{manifest} ({args.manifest}): leave out --manifest")
+    elif manifest is not None:
+        dataset = manifest
     else:
-        raise InputError(f"no instance parameters: {args.params or '--params'} not found (run `make evaluate`) "
-                         "and no --threshold/--opening/--min-area given")
-    O.instances_from_probs(np.zeros((1, 1), np.float32), **{k: params[k] for k in PARAM_KEYS})  # validates
-    return {k: params[k] for k in PARAM_KEYS}
+        raise InputError(f"no preprocessing for {model}: it has no {sidecar.name}; give --manifest <the "
+                         "manifest.json of the dataset it was trained on>")
+    params = explicit if given else dict(record["params"])
+    try:  # the parameters must suit this net's maps: 2-D (2 classes) or (2, H, W) (3 classes)
+        O.instances_from_maps(np.zeros((2, 1, 1) if classes == 3 else (1, 1), np.float32), **params)
+    except ValueError as err:
+        raise InputError(f"instance parameters {params} do not suit {model} ({classes} classes): {err}") from None
+    return params, dataset, "explicit" if given else str(sidecar)
 
 
-def resolve_preprocessing(args):
-    """(scale, percentiles): ``--scale`` over the ``--manifest``'s; without either, refuse (no silent 1)."""
-    if args.manifest and Path(args.manifest).is_file():
-        scale, percentiles = dataset_preprocessing(args.manifest)
-    elif args.scale is None:
-        raise InputError(f"no preprocessing: {args.manifest or '--manifest'} not found (run `make data`) "
-                         "and no --scale given")
-    else:
-        percentiles = (PCT_LOW, PCT_HIGH)
-    return (args.scale if args.scale is not None else scale), percentiles
+def resolve_factor(args, dataset):
+    """The run's factor setting: ``--scale``'s factor, the factor ``--diameter <px>`` gives, or "auto"."""
+    if args.scale is not None:
+        return args.scale
+    if args.diameter in (None, "auto"):
+        return "auto"
+    try:
+        return scale.factor_for_diameter(dataset["nucleus_diameter_px"], args.diameter)
+    except ValueError as err:
+        raise InputError(f"--diameter {args.diameter:g}: {err}") from None
+
+
+def _diameter(text):
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels or 'auto', not {text!r}")
+    return value
 
 
 def parse_args(argv=None):
@@ -404,20 +726,22 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("inputs", nargs="+", metavar="IN", help="folder of TIFF/PNG images, or image files")
-    p.add_argument("--model", default=str(REPO / "runs" / "finetune" / "final.caffemodel"),
-                   help="trained weights (default: %(default)s)")
+    p.add_argument("--model", help="trained weights, with their <model>.params.json (default: the --objects "
+                                   "model with the highest validation F1)")
+    p.add_argument("--objects", help="objects.json of make evaluate, to choose the model when --model is not given")
     p.add_argument("--deploy", help="deploy prototxt (default: the committed one of the net the model names)")
-    p.add_argument("--out", default=str(REPO / "runs" / "segment"), help="output folder (default: %(default)s)")
-    p.add_argument("--params", default=str(REPO / "runs" / "eval" / "objects.json"),
-                   help="objects.json of make evaluate: its 'after' row's instance parameters (default: "
-                        "%(default)s)")
-    p.add_argument("--threshold", type=float, help="instead of --params: nucleus where prob >= T")
-    p.add_argument("--opening", type=int, help="instead of --params: opening radius (px at the net's scale)")
-    p.add_argument("--min-area", type=int, help="instead of --params: smallest nucleus (px at the net's scale)")
-    p.add_argument("--manifest", default=str(REPO / "runs" / "data" / "real" / "manifest.json"),
-                   help="manifest.json of the dataset the model was trained on: images are resized and "
-                        "normalised like it (default: %(default)s)")
-    p.add_argument("--scale", type=float, help="resize factor before the net (default: the --manifest's)")
+    p.add_argument("--out", required=True, help="output folder (one run at a time; not an input folder)")
+    p.add_argument("--diameter", type=_diameter,
+                   help="typical nucleus diameter in the images' own pixels, which sets the resize factor, or "
+                        "'auto' (default): estimated per image")
+    p.add_argument("--scale", type=float, help="resize factor before the net, instead of --diameter")
+    p.add_argument("--threshold", type=float, help="instead of the model's own: nucleus where prob >= T")
+    p.add_argument("--opening", type=int, help="instead of the model's own: opening radius (px at the net's scale)")
+    p.add_argument("--min-area", type=int, help="instead of the model's own: smallest nucleus (px at the net's scale)")
+    p.add_argument("--marker-threshold", type=float,
+                   help="instead of the model's own, for a 3-class net: seed where interior prob >= T")
+    p.add_argument("--manifest", help="manifest.json of the dataset a model without <model>.params.json was "
+                                      "trained on: its preprocessing")
     p.add_argument("--channel", type=int, help="channel of colour images to segment")
     p.add_argument("--tile", type=int, default=infer.TILE, help="largest window side (default: %(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -426,47 +750,71 @@ def parse_args(argv=None):
     p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786) instead")
     p.add_argument("--gpu", type=int, help="CUDA device id (default: CPU)")
     args = p.parse_args(argv)
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        p.error("--threshold must lie in [0, 1]")
+    for flag in ("threshold", "marker_threshold"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 1:
+            p.error(f"--{flag.replace('_', '-')} must lie in [0, 1]")
     if (args.opening is not None and args.opening < 0) or (args.min_area is not None and args.min_area < 0):
         p.error("--opening and --min-area must be >= 0")
     if args.tile % STRIDE or args.tile <= 2 * infer.MARGIN:
         p.error(f"--tile must be a multiple of {STRIDE} larger than {2 * infer.MARGIN}")
-    if args.scale is not None and not 0 < args.scale <= 16:
+    if args.scale is not None and not (math.isfinite(args.scale) and 0 < args.scale <= 16):
         p.error(f"--scale must be in (0, 16], got {args.scale}")
+    if args.scale is not None and args.diameter is not None:
+        p.error("give --scale or --diameter, not both")
     if args.workers < 0:
         p.error("--workers must be >= 0")
+    if not args.model and not args.objects:
+        p.error("give --model, or --objects (make evaluate's objects.json) to take its best model")
     return args
 
 
 def run(args):
-    """Segment every image; write ``counts.csv``; return the rows."""
+    """Segment every image; write ``counts.csv`` and the folder's manifest; return the rows."""
     # Before Caffe loads: OpenMP reads its thread count once (oneDNN's float sums depend on it).
     os.environ.update(WORKER_ENV)
     images = find_images(args.inputs)
-    for path in (args.model, args.deploy or args.model):
+    check_out_apart(args.out, args.inputs)
+    if args.model:
+        model = Path(args.model)
+    else:
+        model, row = best_model(args.objects)
+        print(f"segment: model {model} ({row.get('name', row.get('model'))}: validation F1 {row['val']['f1']:.3f}, "
+              f"the best of {args.objects})", file=sys.stderr)
+    for path in (model, args.deploy or model):
         if not Path(path).is_file():
             raise InputError(f"{path}: no such file")
-    args.deploy = args.deploy or str(infer.deploy_for(args.model))
+    args.deploy = args.deploy or str(infer.deploy_for(model))
     out = Path(args.out)
     files.check_writable(out / "counts.csv")
-    net = infer.load_model(args.model, args.deploy, args.gpu)  # refuses a model of another net before any work
-    settings = make_settings(args, resolve_params(args), *resolve_preprocessing(args))
-    out.mkdir(parents=True, exist_ok=True)
+    net = infer.load_model(model, args.deploy, args.gpu)  # refuses a model of another net before any work
+    settings = make_settings(args, model, *resolve_params(args, model, int(net.blobs["prob"].data.shape[1])))
     started = time.monotonic()
-    if args.scheduler or args.workers > 0:
-        del net  # the workers load their own
-        rows = run_dask(images, settings, args.scheduler, args.workers)
-    else:
-        _NETS.clear()
-        _NETS[_net_key(settings)] = net
-        rows = run_serial(images, settings)
-    write_counts(out / "counts.csv", rows)
+    with folder_lock(out):
+        manifest = read_folder_manifest(out)
+        check_sources(manifest, images, out)
+        if args.scheduler or args.workers > 0:
+            del net  # the workers load their own
+        else:
+            _NETS.clear()
+            _NETS[_net_key(settings)] = net
+        with image_map(args.scheduler, args.workers) as map_images:
+            estimates = [None] * len(images)
+            if settings["factor"] == "auto":
+                estimates = map_images(estimate_file, images, settings, estimates, "nucleus size")
+                choose_factor(settings, estimates)
+            else:
+                settings["digest"] = run_digest(settings)
+            rows = map_images(segment_file, images, settings, estimates, "segment")
+        write_counts(out / "counts.csv", rows)
+        update_folder_manifest(out, manifest, images, rows, settings)
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = sum(r["status"] == "skipped" for r in rows)
+    earlier = len(manifest["images"]) - len(rows)
     print(f"segment: {len(rows) - len(failed)} of {len(rows)} images ({skipped} unchanged, skipped), "
-          f"{sum(r.get('cells') or 0 for r in rows)} cells, {time.monotonic() - started:.1f} s -> "
-          f"{out / 'counts.csv'}")
+          f"{sum(r.get('cells') or 0 for r in rows)} cells, resize factor {settings['factor']:.4g} "
+          f"({settings['factor_from']}), {time.monotonic() - started:.1f} s -> {out / 'counts.csv'}"
+          + (f" (the folder also holds {earlier} images of earlier runs: {FOLDER_MANIFEST})" if earlier else ""))
     if failed:
         raise CellfcnError(f"{len(failed)} of {len(rows)} images failed (see {out / 'counts.csv'}); first: "
                            f"{failed[0]['file']}: {failed[0]['error']}")

@@ -14,8 +14,10 @@ pretrained model is also scored on the synthetic test split (``DATA/synthetic/te
 
 This is the only stage that runs the network on the evaluation data: it also counts cells, the object-level
 companion table (:mod:`tools.count`: instance parameters chosen on the whole validation images, scored on
-the whole test images, for both models and an Otsu + watershed baseline), and writes the nuclei of the first
-``--images`` whole test images found by the fine-tuned model (overlays) for the report to show.
+the whole test images, for both models, the instance-aware 3-class ``contour`` net of ``--contour-runs`` and
+an Otsu + watershed baseline), writes each net's chosen parameters beside its model
+(``<model>.params.json``, :mod:`tools.model_params`: what ``make segment`` uses), and writes the nuclei of the
+first ``--images`` whole test images found by the fine-tuned model (overlays) for the report to show.
 
 Writes to ``--out``: ``table1.md`` (Table 1, then the object-level table), ``table1.json`` (the
 contract with figures and report: rows keyed by ``model``, ``split`` and ``protocol``, ``schema_version``,
@@ -34,14 +36,14 @@ import numpy as np
 
 import cellfcn
 import tools
-from cellfcn import cli, files
+from cellfcn import cli, files, schema
 from cellfcn.constants import METRICS, TABLE1_SCHEMA
 from cellfcn.errors import InputError
 from tools import evaluate as E
 from tools import infer
 from tools import metrics as M
 from tools import objects as O
-from tools import count, segment
+from tools import count, model_params, segment
 from tools.plotting import save_figure
 
 # The report's Table 1 (Marzo & La Rosa 2016), each at its MCC-optimal threshold on the test set.
@@ -62,13 +64,10 @@ def load_table(path):
     Raises
     ------
     InputError
-        Missing file, malformed JSON or another schema version (the message says to run make evaluate).
+        Missing file, malformed JSON, another schema version, or rows that are not Table 1's
+        (:data:`cellfcn.schema.TABLE1`; the message says to run make evaluate).
     """
-    table = files.read_json(path, "Table 1 (run `make evaluate`)")
-    if table.get("schema_version") != TABLE1_SCHEMA:
-        raise InputError(f"{path} has schema {table.get('schema_version')}, this version reads "
-                         f"{TABLE1_SCHEMA}: run `make evaluate` again")
-    return table
+    return schema.load(path, schema.TABLE1)
 
 
 def find_row(table, model, split, protocol):
@@ -176,6 +175,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--runs", required=True, help="runs folder with pretrain/ and finetune/ final.caffemodel")
+    p.add_argument("--contour-runs", help="runs folder of the 3-class contour net (its finetune/final.caffemodel) "
+                                          "for the object-level table")
     p.add_argument("--data", required=True, help="data folder with real/ and synthetic/")
     p.add_argument("--out", required=True, help="output folder (e.g. RUNS/eval)")
     p.add_argument("--deploy", help="deploy prototxt (default: the committed one of the net the model names)")
@@ -205,8 +206,10 @@ def model_rows(key, model, prob, val_prob, test, val, out, args):
                                 n_thresholds=args.thresholds)
     fixed = E.evaluate_arrays(prob, test["label"], threshold=val_res["threshold"], groups=test["source_index"],
                               n_thresholds=args.thresholds)
-    ci = M.bootstrap(fixed["pos"], fixed["neg"], index=fixed["threshold_index"], **boot)
-    ci.pop("threshold")  # fixed by the validation split
+    # An undefined validation threshold gives no interval (index None would re-select one on each replicate).
+    ci = M.bootstrap(fixed["pos"], fixed["neg"], index=fixed["threshold_index"], **boot) \
+        if fixed["threshold_index"] is not None else {}
+    ci.pop("threshold", None)  # fixed by the validation split
     honest = row(f"ours: {key}, t from val", (key, "real_test", "val-threshold"), E.metrics_record(fixed), ci,
                  val_mcc=val_res["metrics"]["mcc"])
     return res, [optimal, honest]
@@ -227,21 +230,30 @@ def otsu_row(pred, thresholds, test, args):
                otsu_thresholds={str(i): t for i, t in thresholds.items()})
 
 
+def deploy_of(args, key, model):
+    """The deploy net a model runs in: ``--deploy`` for Table 1's two models, else the one its net names."""
+    return (args.deploy if key != "contour" else None) or infer.deploy_for(model)
+
+
 def inputs(args):
     """Every input of the stage (paths) and the digest that identifies their content and the settings."""
     runs, data = Path(args.runs), Path(args.data)
     models = {k: runs / stage / "final.caffemodel" for k, stage in MODELS.items()}
+    if args.contour_runs:
+        models["contour"] = Path(args.contour_runs) / "finetune" / "final.caffemodel"
     for key, path in models.items():
         if not path.is_file():
-            raise InputError(f"model not found: {path} (train it first: make {MODELS[key]})")
+            raise InputError(f"model not found: {path} (train it first: "
+                             f"make {'instance' if key == 'contour' else MODELS[key]})")
     paths = {"test": data / "real" / "test.h5", "val": data / "real" / "val.h5",
              "test_full": data / "real" / "test_full.h5", "val_full": data / "real" / "val_full.h5",
-             "synthetic_test": data / "synthetic" / "test.h5"}
+             "synthetic_test": data / "synthetic" / "test.h5", "manifest": data / "real" / "manifest.json"}
     for path in paths.values():
         if not path.is_file():
             raise InputError(f"data file not found: {path} (run `make data`)")
-    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "data", "out", "gpu", "force")}
-    deploys = {k: args.deploy or infer.deploy_for(v) for k, v in models.items()}
+    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "contour_runs", "data", "out", "gpu",
+                                                                  "force")}
+    deploys = {k: deploy_of(args, k, v) for k, v in models.items()}
     key = files.digest({k: files.sha256_file(v) for k, v in models.items()},
                        {k: files.sha256_file(v) for k, v in paths.items()},
                        {k: files.sha256_file(v) for k, v in deploys.items()},
@@ -280,32 +292,48 @@ def segment_whole_images(out, test, probs, labels, row, n_images):
     return records
 
 
+def contour_pixel_mcc(prob, val_prob, test, val, args):
+    """MCC of the contour net's nucleus pixels on the test patches at its validation MCC-optimal threshold."""
+    val_res = E.evaluate_arrays(val_prob, val["label"], groups=val.get("source_index"), n_thresholds=args.thresholds)
+    fixed = E.evaluate_arrays(prob, test["label"], threshold=val_res["threshold"], groups=test["source_index"],
+                              n_thresholds=args.thresholds)
+    return val_res["threshold"], E.metrics_record(fixed)["mcc"]
+
+
 def run(args):
     """Compute Table 1 and write every output; return the Markdown text."""
     out = Path(args.out)
     files.check_writable(out / "table1.json")
     models, paths, key = inputs(args)
-    if not args.force and is_current(out, key):
+    for model in models.values():
+        files.check_writable(model_params.params_path(model), "model parameters")
+    dataset = model_params.dataset_preprocessing(files.read_json(paths["manifest"], "dataset manifest"))
+    if not args.force and is_current(out, key) and all(model_params.params_path(m).is_file()
+                                                       for m in models.values()):
         print(f"evaluate: up to date ({out / 'table1.json'}; --force recomputes)", file=sys.stderr)
         return (out / "table1.md").read_text()
     test, val, synthetic = (E.load_split(paths[k]) for k in ("test", "val", "synthetic_test"))
     full = {k: count.load_full(paths[f"{k}_full"]) for k in ("val", "test")}
     otsu_pred, otsu_thresholds = otsu_patches(test, paths["test_full"])
 
-    rows, curves, probs, maps = [], [], {}, {}
+    rows, curves, probs, maps, pixel = [], [], {}, {}, {}
     for key_, model in models.items():
-        net = infer.load_model(model, args.deploy, args.gpu)
-        probs[key_] = infer.predict(net, test["data"], args.batch, desc=f"{key_}: real test")
+        net = infer.load_model(model, deploy_of(args, key_, model), args.gpu)
+        prob = infer.predict(net, test["data"], args.batch, desc=f"{key_}: real test")
         val_prob = infer.predict(net, val["data"], args.batch, desc=f"{key_}: real val")
         if key_ == "before":
             probs["before_synthetic"] = infer.predict(net, synthetic["data"], args.batch,
                                                       desc="before: synthetic test")
         maps[key_] = {k: count.whole_image_maps(net, full[k]["images"], f"{key_}: whole {k} images")
                       for k in ("val", "test")}
-        res, model_table = model_rows(key_, model, probs[key_], val_prob, test, val, out, args)
+        del net
+        if key_ == "contour":  # Table 1 is the report's two-class net; this one's pixels go to the object table
+            pixel[key_] = contour_pixel_mcc(prob, val_prob, test, val, args)
+            continue
+        probs[key_] = prob
+        res, model_table = model_rows(key_, model, prob, val_prob, test, val, out, args)
         rows += model_table
         curves.append((f"ours: {key_}", res))
-        del net
     otsu = otsu_row(otsu_pred, otsu_thresholds, test, args)
     rows.append(otsu)
 
@@ -329,13 +357,24 @@ def run(args):
             f"[95% bootstrap intervals, {args.bootstrap} replicates, resampling the {n_images} "
             "test images (the synthetic row: its patches).]\n\n" + markdown(rows, PAPER))
     val_thresholds = {r["model"]: r["threshold"] for r in rows if r["protocol"] == "val-threshold"}
+    val_thresholds.update({k: t for k, (t, _) in pixel.items()})
+    val_thresholds = {k: t for k, t in val_thresholds.items() if t == t}  # an undefined (NaN) one adds nothing
     object_rows, instances = count.evaluate_objects(maps, full["val"], full["test"], val_thresholds)
+    mcc = {r["model"]: r["mcc"] for r in rows if r["protocol"] in ("val-threshold", "otsu-per-image")}
+    mcc.update({k: m for k, (_, m) in pixel.items()})
+    for object_row in object_rows:
+        object_row["pixel_mcc"] = mcc.get(object_row["model"])
+        model = models.get(object_row["model"])
+        if model is not None:
+            object_row.update(model_path=str(model.resolve()), model_sha256=files.sha256_file(model))
+            model_params.write_model_params(model, object_row["params"], val=object_row["val"], dataset=dataset,
+                                            chosen_on=str(paths["val_full"]))
     text += "\n" + count.write_outputs(out, object_rows, full["val"], full["test"])
     segment_whole_images(out / "segment", full["test"], maps["after"]["test"], instances["after"],
                          next(r for r in object_rows if r["model"] == "after"), args.images)
     files.write_text(out / "table1.md", text)
     meta = {"models": {k: str(v) for k, v in models.items()},
-            "deploy": {k: str(args.deploy or infer.deploy_for(v)) for k, v in models.items()},
+            "deploy": {k: str(deploy_of(args, k, v)) for k, v in models.items()},
             "data": {k: str(v) for k, v in paths.items()},
             "n_test_patches": int(len(test["label"])), "n_test_images": n_images,
             "bootstrap": {"replicates": args.bootstrap, "seed": args.seed, "unit": "test image",

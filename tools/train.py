@@ -2,12 +2,15 @@
 
 Writes into ``--out``: the train/test nets and the solver for this dataset, ``train.log`` (Caffe's own log),
 snapshots ``snap_iter_<n>.caffemodel|.solverstate``, ``final.caffemodel`` and ``run.json``. A run that was
-interrupted resumes from its newest solverstate: on Ctrl-C (SIGINT) Caffe snapshots and stops
+interrupted resumes from its newest intact solverstate (a snapshot torn by a kill or a full disk during Caffe's
+write is said, removed, and the one before it used): on Ctrl-C (SIGINT) Caffe snapshots and stops
 (``-sigint_effect stop``: Caffe's "snapshot" effect would snapshot and carry on), SIGHUP snapshots and carries on; a finished run with the
-same inputs is not repeated; changed inputs start over.
+same inputs is not repeated; changed inputs start over. Caffe's glog writes to stderr only, into ``train.log``,
+never a file of its own in /tmp.
 """
 import argparse
 import json
+import os
 import re
 import shutil
 import signal
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from cellfcn import caffe_env, cli, files
 from cellfcn.constants import FORMATS, MANIFEST, STAGES, TEST_SPLIT
-from cellfcn.errors import CellfcnError
+from cellfcn.errors import CellfcnError, InputError
 from prototxt import net
 from solvers import solve
 
@@ -31,8 +34,8 @@ class TrainError(CellfcnError):
     """A one-line reason the stage cannot run."""
 
 
-def load_manifest(data_dir, fmt, test_split):
-    """Read and check a dataset manifest; return (manifest, n_train, n_test)."""
+def load_manifest(data_dir, fmt, test_split, variant=net.DEFAULT):
+    """Read and check a dataset manifest and the files ``variant`` reads; return (manifest, n_train, n_test)."""
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise TrainError(f"dataset not found: {path} (run 'make data')")
@@ -43,9 +46,7 @@ def load_manifest(data_dir, fmt, test_split):
     for split in ("train", test_split):
         if split not in splits or splits[split].get("n", 0) < 1:
             raise TrainError(f"dataset {data_dir} has no '{split}' split")
-        needed = [f"{split}.txt", f"{split}.h5"] if fmt == "hdf5" else [
-            f"{split}_{kind}_lmdb/data.mdb" for kind in ("data", "label")]
-        for name in needed:
+        for name in net.dataset_files(split, fmt, variant):
             if not (Path(data_dir) / name).is_file():
                 raise TrainError(f"dataset {data_dir} lacks {name} (rebuild it: make data)")
     return manifest, splits["train"]["n"], splits[test_split]["n"]
@@ -70,19 +71,70 @@ def newest_snapshot(out):
     return max(found) if found else (0, None)
 
 
+def _blob_sizes(blobs):
+    return [len(b.data) or len(b.double_data) for b in blobs]
+
+
+def snapshot_problem(state, iteration):
+    """Why the solverstate ``state`` of ``iteration`` and its caffemodel cannot resume a run; None if they can.
+
+    A kill or a full disk while Caffe writes a snapshot leaves a file cut short: it no longer parses, or (cut
+    between two fields) it parses with fewer blobs: the solverstate's history must hold one blob per learnable
+    blob of the caffemodel, of the same size.
+    """
+    from google.protobuf.message import DecodeError
+
+    solver_state = caffe_env.caffe_pb2().SolverState()
+    try:
+        solver_state.ParseFromString(Path(state).read_bytes())
+    except DecodeError:
+        return f"{Path(state).name} does not parse"
+    if solver_state.iter != iteration:
+        return f"{Path(state).name} holds iteration {solver_state.iter}"
+    try:
+        model = caffe_env.read_model(Path(state).with_suffix(".caffemodel"))
+    except InputError as err:
+        return str(err)
+    weights = _blob_sizes(b for layer in model.layer for b in layer.blobs)
+    history = _blob_sizes(solver_state.history)
+    if not weights or len(history) % len(weights) or history != weights * (len(history) // len(weights) or 1):
+        return (f"its caffemodel holds {len(weights)} blobs and its solverstate {len(history)} history blobs, "
+                "not one per learnable blob")
+    return None
+
+
+def resume_point(out, stage):
+    """(iteration, solverstate) to resume from: the newest intact snapshot in ``out``, or (0, None).
+
+    Newer snapshots that are torn (:func:`snapshot_problem`) are said and removed, so that Caffe, which aborts
+    on them, never sees them and rewrites them when it gets there again.
+    """
+    found = sorted(((int(m.group(1)), p) for p in Path(out).glob("snap_iter_*.solverstate")
+                    if (m := _SNAP.search(p.name))), reverse=True)
+    for iteration, state in found:
+        problem = snapshot_problem(state, iteration)
+        if problem is None:
+            return iteration, state
+        print(f"{stage}: the snapshot of iteration {iteration} is torn ({problem}): removed, resuming from the one "
+              "before", flush=True)
+        state.unlink()
+        state.with_suffix(".caffemodel").unlink(missing_ok=True)
+    return 0, None
+
+
 def prepare(args):
     """Write nets and solver into ``args.out``; return (solver_path, run_info)."""
     out = Path(args.out)
     test_split = TEST_SPLIT[args.stage]
-    manifest, n_train, n_test = load_manifest(args.data, args.format, test_split)
+    manifest, n_train, n_test = load_manifest(args.data, args.format, test_split, args.net)
     sched = solve.schedule(args.stage, n_train, args.batch, args.config, args.epochs, args.iterations)
     test_batch = solve.largest_divisor(n_test, 16)
     data = Path(args.data).resolve()
     out.mkdir(parents=True, exist_ok=True)
     train_path, test_path = out / "train.prototxt", out / "test.prototxt"
-    net.write_prototxt(train_path, net.train_net(net.dataset_source(data, "train", args.format), args.batch,
+    net.write_prototxt(train_path, net.train_net(net.dataset_source(data, "train", args.format, args.net), args.batch,
                                                  args.format, "train", args.net), f"{args.net}_{args.stage}_train")
-    net.write_prototxt(test_path, net.train_net(net.dataset_source(data, test_split, args.format), test_batch,
+    net.write_prototxt(test_path, net.train_net(net.dataset_source(data, test_split, args.format, args.net), test_batch,
                                                 args.format, "test", args.net), f"{args.net}_{args.stage}_test")
     solver = solve.solver_param(train_path.resolve(), test_path.resolve(), sched, n_test, test_batch,
                                 out.resolve() / "snap", seed=args.seed)
@@ -90,7 +142,9 @@ def prepare(args):
     files.write_text(solver_path, str(solver))
     # The dataset's identity is the content of the files Caffe reads (manifest hashes), not where it lies: a
     # moved dataset resumes, and files training never reads (whole images for evaluation) do not restart it.
-    read = {f"{s}{suffix}" for s in ("train", test_split) for suffix in (".h5", ".txt", "_data_lmdb", "_label_lmdb")}
+    three = "_3class" if net.VARIANTS[args.net]["classes"] == 3 else ""
+    read = {f"{s}{suffix}" for s in ("train", test_split)
+            for suffix in (f"{three}.h5", f"{three}.txt", "_data_lmdb", f"{three}_label_lmdb")}
     key = files.digest(str(net.deploy_net(variant=args.net)), str(solver).replace(str(out.resolve()), "<out>"), args.format,
                        args.batch, {k: v for k, v in manifest.get("files", {}).items() if k.split("/")[0] in read},
                        files.sha256_file(args.weights) if args.weights else None)
@@ -107,8 +161,9 @@ def run_caffe(cmd, log_path, cwd):
     every line Caffe wrote) and echoing the lines that show progress."""
     with open(log_path, "a", buffering=1) as log:
         log.write(f"# cellfcn: {' '.join(map(str, cmd))}\n")
+        # glog to stderr only: into train.log, not a caffe.<host>.<user>.log.* file in /tmp per run.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                cwd=cwd)
+                                cwd=cwd, env={**os.environ, "GLOG_logtostderr": "1"})
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -146,7 +201,7 @@ def train(args):
 
     cmd = [str(binary), "train", f"-solver={solver_path.resolve()}", "-sigint_effect=stop",
            "-sighup_effect=snapshot"]
-    start_iter, state = newest_snapshot(out)
+    start_iter, state = resume_point(out, args.stage)
     if state is not None:
         cmd.append(f"-snapshot={state.resolve()}")
         print(f"{args.stage}: resuming from iteration {start_iter} ({state.name})")

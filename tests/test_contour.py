@@ -1,0 +1,208 @@
+"""The instance-aware 3-class net: its targets, their augmentation, the Caffe loss wiring, the contour
+watershed and the parameters kept beside a model."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from skimage.draw import disk as draw_disk
+
+from cellfcn.errors import InputError
+from data_prep import real
+from data_prep.augment import dihedral
+from data_prep.targets import CONTOUR, INTERIOR, contour_targets, median_diameter, nucleus_diameters
+from prototxt import net
+from tools import infer, model_params
+from tools import objects as O
+
+from conftest import REPO
+
+
+def _discs(shape, *discs):
+    """Instance labels 1..n of discs (y, x, r); later discs win overlapped pixels."""
+    labels = np.zeros(shape, np.int32)
+    for i, (y, x, r) in enumerate(discs, start=1):
+        labels[draw_disk((y, x), r, shape=shape)] = i
+    return labels
+
+
+# ------------------------------------------------------------------------------------------------- targets
+def test_touching_nuclei_get_contour_between_them():
+    labels = _discs((40, 60), (20, 20, 9), (20, 37, 9))  # overlapping discs: one blob in the binary mask
+    target = contour_targets(labels, width=2)
+    np.testing.assert_array_equal(target > 0, labels > 0)
+    assert target.dtype == np.uint8 and set(np.unique(target)) == {0, INTERIOR, CONTOUR}
+    # The binary mask is one component; the interiors are two, kept >= 4 px apart by two contour bands.
+    from scipy import ndimage as ndi
+
+    assert ndi.label(labels > 0)[1] == 1
+    interiors, n = ndi.label(target == INTERIOR)
+    assert n == 2
+    a, b = (np.argwhere(interiors == k) for k in (1, 2))
+    gap = min(np.abs(p[:, None] - q[None]).max(-1).min() for p, q in ((a, b),))
+    assert gap >= 4
+    # Where the two nuclei meet, the pixels on both sides are contour.
+    meet = (labels[:, :-1] != labels[:, 1:]) & (labels[:, :-1] > 0) & (labels[:, 1:] > 0)
+    ys, xs = np.nonzero(meet)
+    assert np.all(target[ys, xs] == CONTOUR) and np.all(target[ys, xs + 1] == CONTOUR)
+
+
+def test_image_edge_is_not_a_contour_and_bad_input_is_refused():
+    labels = np.zeros((20, 20), np.int32)
+    labels[:, :8] = 1  # a nucleus cut by the left edge
+    target = contour_targets(labels, width=1)
+    assert np.all(target[5:15, 0] == INTERIOR) and np.all(target[:, 7] == CONTOUR)
+    assert np.all(target[0, :7] == INTERIOR)  # top and bottom edges too
+    for bad in (np.zeros((4, 4)), np.zeros((2, 4, 4), np.int32), -np.ones((4, 4), np.int32)):
+        with pytest.raises(ValueError):
+            contour_targets(bad)
+    with pytest.raises(ValueError, match="width"):
+        contour_targets(labels, width=0)
+
+
+def test_diameters_leave_out_edge_nuclei():
+    labels = _discs((64, 64), (30, 30, 10), (2, 2, 5))  # the second is cut by the edge
+    d = nucleus_diameters(labels)
+    assert d.shape == (1,) and d[0] == pytest.approx(2 * np.sqrt((labels == 1).sum() / np.pi))
+    assert d[0] == pytest.approx(20, abs=0.5)
+    assert median_diameter([labels, _discs((64, 64), (30, 30, 6))]) == pytest.approx(np.median(
+        [d[0], nucleus_diameters(_discs((64, 64), (30, 30, 6)))[0]]), abs=1e-3)
+    assert median_diameter([np.zeros((8, 8), np.int32)]) is None
+
+
+def test_augmented_patches_carry_their_images_targets():
+    """Every training patch's 3-class target is its image's target, cut and transformed like the image."""
+    rng = np.random.default_rng(0)
+    labels = _discs((160, 160), (30, 30, 10), (30, 48, 10), (70, 60, 12), (65, 20, 8), (120, 120, 12),
+                    (130, 40, 9), (40, 120, 10))
+    image = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    targets = contour_targets(labels)
+    split = real.train_split([image], [labels > 0], [targets], 3, 48, rng, 0.02)
+    assert split["label3"].shape == split["label"].shape == (24, 48, 48)
+    for k in range(24):
+        y, x = split["origin"][k]
+        crop = targets[y:y + 48, x:x + 48]
+        np.testing.assert_array_equal(split["label3"][k], dihedral(crop, int(split["transform"][k])))
+        np.testing.assert_array_equal(split["label3"][k] > 0, split["label"][k])
+    # Tiles (val/test) carry them untransformed.
+    tiles = real.tile_split([image], [labels > 0], [targets], 48)
+    np.testing.assert_array_equal(tiles["label3"][1], targets[:48, 48:96])
+
+
+# ------------------------------------------------------------------------------------------------- the net
+def test_contour_variant_is_fcrn_a_with_three_classes():
+    assert net.learnable_parameters("contour") == net.learnable_parameters("fcrn_a") + 33  # 32 + 1 more scores
+    train = net.train_net("d/train_3class.txt", 4, "hdf5", "train", "contour")
+    layers = {layer.name: layer for layer in train.layer}
+    assert layers["score"].convolution_param.num_output == 3
+    assert layers["loss"].type == "SoftmaxWithLoss"
+    assert train.layer[0].hdf5_data_param.source == "d/train_3class.txt"
+    lmdb = net.train_net("d/train", 4, "lmdb", "train", "contour")
+    assert [layer.data_param.source for layer in lmdb.layer[:2]] == ["d/train_data_lmdb", "d/train_3class_label_lmdb"]
+    assert net.dataset_source("d", "val", "hdf5", "contour").endswith("val_3class.txt")
+    assert net.dataset_source("d", "val", "hdf5").endswith("val.txt")
+
+
+@pytest.fixture(scope="module")
+def contour_run(tmp_path_factory):
+    """A tiny synthetic dataset from data_prep and two iterations of `tools.train --net contour` on it."""
+    tmp = tmp_path_factory.mktemp("contour")
+    py = sys.executable
+    subprocess.run([py, "-m", "data_prep", "synthetic", "--out", tmp / "data", "--n-images", "3", "--image-size",
+                    "128", "--n-train", "8", "--n-test", "4", "--patch-size", "64", "--format", "both"],
+                   check=True, cwd=REPO, capture_output=True)
+    proc = subprocess.run([py, "-m", "tools.train", "--stage", "pretrain", "--data", tmp / "data", "--out",
+                           tmp / "run", "--net", "contour", "--iterations", "2", "--batch", "4"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp
+
+
+def test_caffe_trains_the_three_classes(contour_run):
+    manifest = json.loads((contour_run / "data" / "manifest.json").read_text())
+    assert manifest["nucleus_diameter_px"] > 0 and manifest["schema_version"] == 1
+    for name in ("train_3class.h5", "train_3class_label_lmdb/data.mdb", "test_3class.h5"):
+        assert name in manifest["files"]
+    log = (contour_run / "run" / "train.log").read_text()
+    # SoftmaxWithLoss over 3 classes: a loss finite and above zero on the first iteration.
+    loss = [float(line.rsplit("loss = ", 1)[1].split()[0]) for line in log.splitlines() if "Iteration 0" in line
+            and "loss = " in line]
+    assert loss and 0 < loss[0] < 10
+    model = contour_run / "run" / "final.caffemodel"
+    network = infer.load_model(model)
+    assert network.blobs["prob"].data.shape[1] == 3
+    maps = infer.segment_image(network, np.random.default_rng(0).random((72, 90)).astype(np.float32))
+    assert maps.shape == (2, 72, 90) and maps.dtype == np.float32
+    assert np.all(maps[1] <= maps[0] + 1e-6)  # interior is part of the nucleus probability
+
+
+def test_contour_model_trains_from_lmdb_too(contour_run, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tools.train", "--stage", "pretrain", "--data",
+                           contour_run / "data", "--out", tmp_path / "run", "--net", "contour", "--iterations", "1",
+                           "--batch", "4", "--format", "lmdb"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------- instances
+def test_contour_watershed_splits_what_the_distance_transform_cannot():
+    # Two nuclei whose union is a convex-ish blob: no distance-transform dome between them.
+    labels = _discs((50, 70), (25, 28, 12), (25, 42, 12))
+    target = contour_targets(labels, width=2)
+    probs = np.where(labels > 0, 0.95, 0.02).astype(np.float32)
+    interior = np.where(target == INTERIOR, 0.9, 0.05).astype(np.float32)
+    assert O.instances_from_probs(probs, 0.5, opening_radius=0, min_area=0).max() == 1  # merged
+    split = O.instances_from_contour(probs, interior, 0.5, marker_threshold=0.5, opening_radius=0, min_area=0)
+    assert split.max() == 2
+    np.testing.assert_array_equal(split > 0, labels > 0)  # the whole mask is shared out
+    assert O.object_scores(labels, split)["f1"] == 1.0
+    # A component without a seed is a nucleus of its own; dispatch by the maps' shape.
+    probs[5:9, 60:64] = 0.9
+    found = O.instances_from_maps(np.stack([probs, interior]), threshold=0.5, marker_threshold=0.5,
+                                  opening_radius=0, min_area=0)
+    assert found.max() == 3
+    with pytest.raises(ValueError, match="instances_from_contour"):
+        O.instances_from_maps(np.stack([probs, interior]), threshold=0.5, min_dynamic=2)
+    with pytest.raises(ValueError, match="maps must be"):
+        O.instances_from_maps(np.zeros((3, 4, 4), np.float32), threshold=0.5)
+    with pytest.raises(ValueError, match="marker_threshold"):
+        O.instances_from_contour(probs, interior, 0.5, marker_threshold=1.5)
+
+
+def test_grid_search_chooses_the_marker_threshold():
+    labels = _discs((50, 70), (25, 28, 12), (25, 42, 12))
+    target = contour_targets(labels, width=2)
+    probs = np.where(labels > 0, 0.95, 0.02).astype(np.float32)
+    # Interior certainty 0.6: markers at 0.7 find nothing (one unseeded blob), at 0.5 both nuclei.
+    interior = np.where(target == INTERIOR, 0.6, 0.05).astype(np.float32)
+    result = O.choose_instance_params([np.stack([probs, interior])], [labels], thresholds=(0.5,),
+                                      opening_radii=(0,), min_areas=(0,), marker_thresholds=(0.7, 0.5))
+    assert result["params"]["marker_threshold"] == 0.5 and result["scores"]["f1"] == 1.0
+    assert [row["marker_threshold"] for row in result["grid"]] == [0.7, 0.5]
+    assert result["grid"][0]["f1"] < 1  # one blob for two nuclei
+    assert set(result["params"]) == {"threshold", "marker_threshold", "opening_radius", "min_area",
+                                     "min_marker_area"}
+    with pytest.raises(ValueError, match="do not go with"):
+        O.choose_instance_params([np.stack([probs, interior]), probs], [labels, labels])
+
+
+# ------------------------------------------------------------------------------------------ model parameters
+def test_parameters_belong_to_their_model(tmp_path):
+    model, other = tmp_path / "a.caffemodel", tmp_path / "b.caffemodel"
+    model.write_bytes(b"model a")
+    other.write_bytes(b"model b")
+    dataset = {"scale": 0.75, "percentiles": [1.0, 99.8], "nucleus_diameter_px": 20.3}
+    with pytest.raises(InputError, match="no instance parameters chosen for"):
+        model_params.read_model_params(model)
+    model_params.write_model_params(model, {"threshold": 0.5}, val={"f1": 0.9}, dataset=dataset, chosen_on="v")
+    record = model_params.read_model_params(model)
+    assert record["params"] == {"threshold": 0.5} and record["dataset"] == dataset
+    # Another model with this model's file: refused.
+    model_params.params_path(model).rename(model_params.params_path(other))
+    with pytest.raises(InputError, match="chosen for another model"):
+        model_params.read_model_params(other)
+    with pytest.raises(InputError, match="scale"):
+        model_params.write_model_params(model, {}, val={}, dataset={**dataset, "scale": -1}, chosen_on="v")
+    assert not model_params.params_path(model).exists()
+    with pytest.raises(InputError, match="nucleus_diameter_px"):
+        model_params.dataset_preprocessing({"parameters": {"percentiles": [1, 99]}})
