@@ -8,7 +8,7 @@ SHELL := /bin/bash
 # a bad one is one line, not a usage dump, not after the data stage. First, a value given on the command line or
 # in the environment may not contain `$`: make would expand it, and run any $(shell ...) in it, at its first use.
 USER_VARS := PYTHON_BASE QUICK RUNS NET EXPERIMENTS SEED FORMAT BATCH CONFIG EPOCHS EPOCHS_PRETRAIN \
-  EPOCHS_FINETUNE SYN_ARGS REAL_ARGS IN OUT MODEL SCHEDULER WORKERS THREADS DIAMETER GPU GPU_ID CUDA_ARCH CAFFE_ROOT CAFFE PYCAFFE \
+  EPOCHS_FINETUNE SYN_ARGS REAL_ARGS IN OUT MODEL SCHEDULER WORKERS THREADS DIAMETER ENGINE GPU GPU_ID CUDA_ARCH CAFFE_ROOT CAFFE PYCAFFE \
   CAFFE_SRC BENCH_PEER TEST_ARGS RELEASES WHEEL_CACHE
 $(foreach v,$(USER_VARS),$(if $(filter command% environment%,$(origin $(v))),$(if $(findstring $$,$(value $(v))),\
   $(error $(v) must not contain '$$': make would expand it))))
@@ -43,6 +43,7 @@ no_digits = $(strip $(subst 0, ,$(subst 1, ,$(subst 2, ,$(subst 3, ,$(subst 4, ,
 is_count = $(and $(call is_word,$(1)),$(if $(call no_digits,$(1)),,1))
 is_positive = $(and $(call is_count,$(1)),$(if $(filter 0%,$(1)),,1))
 is_word = $(filter 1,$(words $(1)))
+is_one_of = $(and $(call is_word,$(1)),$(filter $(2),$(1)))
 is_address = $(and $(call is_word,$(1)),$(word 2,$(subst ://, ,$(1))),$(if $(call has_any,$(1),$(quote_breakers)),,1))
 has_any = $(strip $(foreach c,$(2),$(findstring $(c),$(1))))
 quote_breakers := \ " `
@@ -67,6 +68,8 @@ $(if $(and $(filter default full,$(EXPERIMENTS)),$(call is_word,$(EXPERIMENTS)))
 MODEL ?=
 OUT ?= $(RUNS)/segment
 DIAMETER ?= auto
+# ENGINE=onnx segments with a package of `make export` (MODEL=<zip>) in onnxruntime instead of Caffe.
+ENGINE ?= caffe
 # make experiments: WORKERS=n a Dask LocalCluster of n processes, SCHEDULER=tcp://host:8786 a running cluster,
 # THREADS=n Caffe threads per run (default: the cores per worker).
 SCHEDULER ?=
@@ -74,6 +77,8 @@ WORKERS ?=
 THREADS ?=
 ifneq ($(filter segment,$(MAKECMDGOALS)),)
   $(if $(strip $(IN)),,$(error IN must name a folder of TIFF/PNG images: make segment IN=<folder>))
+  $(if $(call is_one_of,$(ENGINE),caffe onnx),,$(error ENGINE must be caffe or onnx, not '$(ENGINE)'))
+  $(if $(and $(filter onnx,$(ENGINE)),$(if $(MODEL),,1)),$(error ENGINE=onnx needs MODEL=<package .bioimageio.zip of make export>))
   $(if $(call is_one_of,$(DIAMETER),auto),,$(if $(and $(filter 1,$(words $(DIAMETER))),$(subst .,,$(DIAMETER)),\
     $(if $(call no_digits,$(subst .,,$(DIAMETER))),,1)),,\
     $(error DIAMETER must be the typical nucleus diameter in pixels of your images (e.g. 24) or auto, not '$(DIAMETER)')))
@@ -151,7 +156,7 @@ help: ## list the targets
 	@echo "           EPOCHS=n CONFIG=default|paper NET=fcrn_a|k5|pool2|wide|contour EXPERIMENTS=default|full"
 	@echo "           RUNS=$(RUNS) BENCH_PEER=0|1 TEST_ARGS=<pytest args>"
 	@echo "           CAFFE_ROOT=<prefix> | CAFFE=<bin> PYCAFFE=<dir>  (use your own Caffe build)"
-	@echo "  segment: IN=<folder> MODEL=<caffemodel> OUT=<folder> DIAMETER=<px>|auto SCHEDULER=tcp://host:8786 WORKERS=n (0: serial)"
+	@echo "  segment: IN=<folder> MODEL=<caffemodel> OUT=<folder> DIAMETER=<px>|auto ENGINE=caffe|onnx SCHEDULER=tcp://host:8786 WORKERS=n (0: serial)"
 	@echo "  experiments: EXPERIMENTS=default|full WORKERS=n SCHEDULER=tcp://host:8786 THREADS=n"
 
 deps: ## install the Debian build/runtime packages (root; otherwise prints the command)
@@ -244,7 +249,7 @@ readme-tables: env ## copy a full run's result files into results/ and render RE
 
 segment: caffe ## count nuclei in every image of IN=<folder> -> OUT (maps, labels, overlays, counts.csv, manifest.json)
 	@$(PY) -m tools.segment "$(IN)" $(if $(MODEL),--model "$(MODEL)",--objects "$(NET_RUNS)/eval/objects.json") \
-	  --out "$(OUT)" --diameter "$(DIAMETER)" $(if $(SCHEDULER),--scheduler "$(SCHEDULER)",) \
+	  --engine $(ENGINE) --out "$(OUT)" --diameter "$(DIAMETER)" $(if $(SCHEDULER),--scheduler "$(SCHEDULER)",) \
 	  $(if $(WORKERS),--workers $(WORKERS),) $(GPU_ARGS)
 
 export: caffe ## bioimage.io package (ONNX weights, checked equal to Caffe) of MODEL -> runs/export/

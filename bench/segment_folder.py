@@ -22,7 +22,6 @@ import numpy as np
 from cellfcn import caffe_env, cli, files
 from cellfcn.constants import PCT_HIGH, PCT_LOW
 from prototxt.net import DEPLOY
-from tools import infer
 
 
 def write_images(folder, n, shape, seed=0):

@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import tifffile
 from conftest import REPO
 from test_faults import assert_one_line_error
 
@@ -315,3 +316,96 @@ def test_every_variant_loads_only_its_own_weights(caffe, models):
             else:
                 with pytest.raises(InputError, match="another net"):
                     caffe_env.load_net(netspec.deploy_path(deploy_variant), model)
+
+
+# ------------------------------------------------------------------- make segment with the package (onnx)
+# tools.segment's command line in a process where pycaffe cannot be imported, as where Caffe is not installed.
+SEGMENT_NO_CAFFE = NO_CAFFE.split("import numpy as np")[0] + """
+from tools import segment
+status = segment.main(sys.argv[1:])
+assert "caffe" not in sys.modules, "pycaffe was imported"
+sys.exit(status)
+"""
+
+
+def _segment_no_caffe(*args):
+    return subprocess.run([sys.executable, "-c", SEGMENT_NO_CAFFE, *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO)
+
+
+def _output(out, stem, kind):
+    return tifffile.imread(out / f"{stem}_{kind}.tif")
+
+
+def _counts(out):
+    import csv
+
+    return {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader((out / "counts.csv").open())}
+
+
+@pytest.fixture(scope="module")
+def exported(caffe, real, tmp_path_factory):
+    """The nucleus detector with its parameters, its package, and a folder of two real images (the mnfinder
+    test image and a crop of it whose sides are not multiples of 8)."""
+    from data_prep.io import read_array
+
+    root = tmp_path_factory.mktemp("exported")
+    model = _nucleus_detector(caffe, root / "detector.caffemodel")
+    chosen = {"threshold": 0.5, "opening_radius": 1, "min_area": 10}
+    model_params.write_model_params(model, chosen, val={"f1": 0.5, "dsb_score": 0.3}, chosen_on="val_full.h5",
+                                    dataset={"scale": SCALE, "percentiles": PERCENTILES, "nucleus_diameter_px": 20.0})
+    package = export.export(model, root / "export", image=real[0], check=False)
+    images = root / "images"
+    images.mkdir()
+    images.joinpath("whole.tif").write_bytes(real[0].read_bytes())
+    tifffile.imwrite(images / "crop.tif", read_array(real[0])[37:338, 55:476])
+    return {"model": model, "zip": package["zip"], "folder": package["folder"], "images": images}
+
+
+def test_segment_with_the_package_and_no_caffe_gives_caffes_labels_and_counts(exported, tmp_path):
+    images, common = exported["images"], ("--scale", SCALE, "--workers", 0)
+    by_onnx, by_caffe = tmp_path / "onnx", tmp_path / "caffe"
+    done = _segment_no_caffe(images, "--engine", "onnx", "--model", exported["zip"], "--out", by_onnx, *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run("tools.segment", images, "--model", exported["model"], "--out", by_caffe, *common)
+    assert done.returncode == 0, done.stderr[-3000:]
+    onnx_rows, caffe_rows = _counts(by_onnx), _counts(by_caffe)
+    assert sorted(onnx_rows) == ["crop.tif", "whole.tif"]
+    for name, row in caffe_rows.items():
+        assert row["status"] == onnx_rows[name]["status"] == "done"
+        assert int(row["cells"]) >= 10  # the image's nuclei
+        fields = ("cells", "mean_area_px", "median_area_px", "min_area_px", "max_area_px", "cell_fraction")
+        assert [onnx_rows[name][k] for k in fields] == [row[k] for k in fields]
+        stem = name.rsplit(".", 1)[0]
+        assert np.array_equal(_output(by_onnx, stem, "labels"), _output(by_caffe, stem, "labels"))
+        assert np.abs(_output(by_onnx, stem, "prob") - _output(by_caffe, stem, "prob")).max() <= 1e-4
+    onnx_run, caffe_run = (json.loads((out / "manifest.json").read_text())["last_run"] for out in (by_onnx, by_caffe))
+    assert (onnx_run["engine"], caffe_run["engine"]) == ("onnx", "caffe")
+    assert onnx_run["params"] == caffe_run["params"] and onnx_run["dataset"] == caffe_run["dataset"]
+    assert onnx_run["params_from"] == f"config.cellfcn of {exported['zip']}" and onnx_run["deploy"] is None
+    # The engine is in the digest: the package run on Dask (a session per worker) into Caffe's folder
+    # segments every image again, to the same labels; from the unpacked folder, the same weights.
+    done = _segment_no_caffe(images, "--engine", "onnx", "--model", exported["folder"], "--out", by_caffe,
+                             "--scale", SCALE, "--workers", 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [row["status"] for row in _counts(by_caffe).values()] == ["done", "done"]
+    for name in onnx_rows:
+        stem = name.rsplit(".", 1)[0]
+        assert np.array_equal(_output(by_onnx, stem, "labels"), _output(by_caffe, stem, "labels"))
+    assert json.loads((by_caffe / "manifest.json").read_text())["last_run"]["digest"] == onnx_run["digest"]
+
+
+def test_segment_with_onnx_refuses_caffes_options_and_a_model_without_parameters(exported, tmp_path):
+    out = tmp_path / "o"
+    images, common = exported["images"], ("--engine", "onnx", "--out", out, "--scale", SCALE, "--workers", 0)
+    done = _segment_no_caffe(images, "--model", exported["zip"], "--deploy", netspec.DEPLOY, *common)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "--deploy is for --engine caffe" in done.stderr
+    assert_one_line_error(_segment_no_caffe(images, "--model", exported["model"], *common), "not a package")
+    bare = exported["folder"] / "weights.onnx"  # the weights alone: no parameters, no preprocessing
+    assert_one_line_error(_segment_no_caffe(images, "--model", bare, *common), "holds no instance parameters",
+                          "--threshold, --opening, --min-area")
+    explicit = ("--threshold", 0.5, "--opening", 1, "--min-area", 10)
+    assert_one_line_error(_segment_no_caffe(images, "--model", bare, *explicit, *common), "no preprocessing",
+                          "--manifest")
+    assert not out.exists()

@@ -45,6 +45,9 @@ def test_hostile_value_from_the_environment_is_refused(tmp_path):
     (["BATCH=0"], "BATCH must be a positive integer"),
     (["BATCH=08"], "BATCH must be a positive integer"),
     (["FORMAT=hdf5 lmdb"], "FORMAT must be hdf5 or lmdb"),
+    (["segment", "IN=x", "DIAMETER=2x"], "DIAMETER must be the typical nucleus diameter"),
+    (["segment", "IN=x", "ENGINE=tf"], "ENGINE must be caffe or onnx"),
+    (["segment", "IN=x", "ENGINE=onnx"], "ENGINE=onnx needs MODEL="),
 ])
 def test_malformed_values_are_one_line(args, phrase):
     proc = _make_n(*args)
@@ -54,6 +57,8 @@ def test_malformed_values_are_one_line(args, phrase):
 @pytest.mark.parametrize("args", [
     ["SEED=007", "BATCH=16", "EPOCHS=3", "CONFIG=paper", "FORMAT=lmdb", "NET=pool2", "EXPERIMENTS=full"],
     ["segment", "IN=/data/my images", "OUT=/tmp/out dir", "WORKERS=0", "SCHEDULER=tcp://[::1]:8786"],
+    ["segment", "IN=x", "DIAMETER=24.5", "ENGINE=onnx", "MODEL=m.bioimageio.zip"],
+    ["experiments", "WORKERS=2", "THREADS=1"],
     ["QUICK=1", "SYN_ARGS=--n-images 6 --image-size 256", "GPU_ID=3"],
 ])
 def test_good_values_pass(args):

@@ -40,8 +40,8 @@ def _objects():
 
 def _magnification():
     scores = {"n_gt": 10, "n_pred": 9, "f1": 0.85, "dsb_score": 0.5, "mean_rel_count_error": 0.1}
-    rows = [{"magnification": m, "true_factor": 0.75 / m, "factor_ratio_median": 1.02,
-             "factor_ratio_range": [0.9, 1.1], "within_goal": 1, "passes_mean": 2.0, "auto": scores,
+    rows = [{"magnification": m, "true_factor": 0.75 / m, "factor": 0.75 / m, "factor_ratio": 1.0,
+             "own_ratio_median": 1.02, "own_ratio_range": [0.9, 1.1], "own_within_goal": 1, "auto": scores,
              "known": scores, "per_image": [{"image": "a.tif"}], "f1_auto_minus_native": 0.0}
             for m in (1.0, 0.5, 2.0)]
     return {"schema_version": magnification.SCHEMA, "model": "/x/final.caffemodel", "machine": "2 CPU cores",

@@ -311,7 +311,8 @@ def fake_runs(root, model):
     for folder, kind, splits in ((syn, "synthetic", {"test": 5}), (real, "real", {"test": len(data)})):
         manifest = {"kind": kind, "patch_size": P, "seed": 0, "formats": ["hdf5"],
                     "splits": {s: {"n": n, "cell_fraction": 0.2} for s, n in splits.items()},
-                    "files": {"test.h5": "ab" * 32}}
+                    "files": {"test.h5": "ab" * 32}, "parameters": {"percentiles": [1.0, 99.8], "scale": 1.0},
+                    "nucleus_diameter_px": 12.0}
         (folder / "manifest.json").write_text(json.dumps(manifest))
     for stage, ipe in (("pretrain", 4), ("finetune", 2)):
         d = runs / stage

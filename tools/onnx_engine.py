@@ -11,6 +11,7 @@ tiling runs the ONNX net unchanged::
 of its ``rdf.yaml``: resize factor, percentiles, instance parameters), so ``tools.segment`` needs neither the
 dataset manifest nor ``make evaluate``'s files.
 """
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -30,7 +31,10 @@ def _read_member(package, name):
             return (package / name).read_bytes()
         with zipfile.ZipFile(package) as archive:
             return archive.read(name)
-    except (OSError, KeyError, zipfile.BadZipFile) as err:
+    except zipfile.BadZipFile:
+        raise InputError(f"{package}: not a package of `make export` (its folder or .bioimageio.zip) nor a "
+                         ".onnx") from None
+    except (OSError, KeyError) as err:
         raise InputError(f"{package}: cannot read {name} ({err})") from None
 
 
@@ -95,6 +99,27 @@ def load_session(path, threads=None):
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as err:
         where = "the ONNX model" if isinstance(path, bytes) else path
         raise InputError(f"{where}: onnxruntime cannot load the model ({str(err).splitlines()[0]})") from None
+
+
+def weights_sha256(path):
+    """SHA-256 of the ONNX weights of a ``.onnx`` file, package folder or zip: the same for all three forms of
+    one export, and what decides the maps (``tools.segment``'s settings digest)."""
+    return hashlib.sha256(_onnx_bytes(path)).hexdigest()
+
+
+def classes(session):
+    """Number of output channels (classes) of a session's model.
+
+    Raises
+    ------
+    InputError
+        An output without a fixed channel count (not a model ``tools.export`` wrote).
+    """
+    channels = session.get_outputs()[0].shape[1]
+    if not isinstance(channels, int) or channels < 2:
+        raise InputError(f"the ONNX model's output has {channels!r} channels, not a fixed number of classes "
+                         "(not exported by `make export`?)")
+    return channels
 
 
 def run(session, batch):

@@ -12,6 +12,11 @@ file's size.
   without that file is refused unless ``--threshold``, ``--opening`` and ``--min-area`` (and for a 3-class
   net ``--marker-threshold``) are given, with ``--manifest`` naming its dataset. Without ``--model``, the
   model of ``--objects`` (``make evaluate``'s ``objects.json``) with the highest validation F1.
+- **Without Caffe** (``--engine onnx``): ``--model`` is a package of ``make export`` (``.bioimageio.zip``, its
+  folder, or a bare ``.onnx``), run by onnxruntime (:mod:`tools.onnx_engine`) through the same tiling; pycaffe
+  is never imported. Parameters and preprocessing come from the package's ``config.cellfcn``; a package
+  exported before ``make evaluate`` chose instance parameters needs the explicit ones (a bare ``.onnx`` also
+  ``--manifest``). The engine is part of the settings digest: a rerun with the other engine segments again.
 - **Any magnification** (:mod:`tools.scale`). ``--diameter auto`` (default): every image's nucleus size is
   measured first (a classical segmentation, no net) and the run's resize factor is the median of the images'
   estimates, the dataset's own factor when that is within 15% of it (images like the training data);
@@ -52,7 +57,7 @@ import numpy as np
 from cellfcn import cli, files
 from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import CellfcnError, InputError
-from tools import infer, model_params, scale
+from tools import infer, model_params, onnx_engine, scale
 from tools import objects as O
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -152,7 +157,7 @@ def area_stats(labels):
     return stats
 
 
-def segment_prepared(net, image, net_input, params, tile=infer.TILE):
+def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=infer.forward_image):
     """Nucleus probability and instance labels of one prepared image, both at the size of ``image``.
 
     The nuclei are cut out at the net's scale, where ``make evaluate`` chose ``params`` (areas and distances
@@ -161,7 +166,7 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE):
 
     Parameters
     ----------
-    net : caffe.Net
+    net : caffe.Net or onnxruntime.InferenceSession
     image : (H, W) float32 in [0, 1]
         The image at its own size (what the outputs are written at).
     net_input : (h, w) float32 in [0, 1]
@@ -169,6 +174,9 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE):
     params : dict
         Keyword arguments of :func:`tools.objects.instances_from_maps`.
     tile : int
+    forward : callable
+        ``forward(net, window)`` (:func:`tools.infer.segment_image`): Caffe's, or
+        :func:`tools.onnx_engine.forward` for a session.
 
     Returns
     -------
@@ -179,7 +187,7 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE):
     """
     from data_prep.io import relabel_raster_order
 
-    maps = infer.segment_image(net, net_input, tile=tile)
+    maps = infer.segment_image(net, net_input, tile=tile, forward=forward)
     labels = O.instances_from_maps(maps, **params)
     prob = infer.nucleus_probability(maps)
     if prob.shape != np.shape(image):
@@ -218,18 +226,43 @@ def estimate_raw(raw, name, settings):
 
 
 # ----------------------------------------------------------------------------------------- one image, anywhere
-_NETS = {}  # this process's nets, loaded once per (model digest, deploy, gpu): one per Dask worker
+_NETS = {}  # this process's (net, forward), loaded once per (engine, model digest, deploy, gpu): one per Dask worker
+
+
+def load_net(engine, model, deploy=None, gpu=None):
+    """A run's net and its forward function (:func:`tools.infer.segment_image`'s ``forward``).
+
+    Parameters
+    ----------
+    engine : {"caffe", "onnx"}
+    model : path
+        ``.caffemodel`` (caffe), or a ``make export`` package or ``.onnx`` (onnx).
+    deploy : path, optional
+        Caffe's deploy prototxt (default: the model's net's).
+    gpu : int, optional
+        CUDA device id (caffe).
+
+    Returns
+    -------
+    (net, forward)
+        A ``caffe.Net`` (strict weight check: :func:`tools.infer.load_model`) and
+        :func:`tools.infer.forward_image`, or an onnxruntime session with one thread (as ``WORKER_ENV`` gives
+        Caffe) and :func:`tools.onnx_engine.forward`; the onnx engine never imports pycaffe.
+    """
+    if engine == "onnx":
+        return onnx_engine.load_session(model, threads=1), onnx_engine.forward
+    return infer.load_model(model, deploy, gpu), infer.forward_image
 
 
 def _net_key(settings):
-    return settings["model_sha256"], settings["deploy"], settings["gpu"]
+    return settings["engine"], settings["model_sha256"], settings["deploy"], settings["gpu"]
 
 
 def _net(settings):
     key = _net_key(settings)
     if key not in _NETS:
         _NETS.clear()  # one model at a time
-        _NETS[key] = infer.load_model(settings["model"], settings["deploy"], settings["gpu"])
+        _NETS[key] = load_net(settings["engine"], settings["model"], settings["deploy"], settings["gpu"])
     return _NETS[key]
 
 
@@ -242,9 +275,9 @@ def code_digest():
 
 
 def run_digest(settings):
-    """Digest of everything that decides one image's outputs except the image: model, net, parameters, the
-    preprocessing, the resize factor and the code."""
-    keys = ("model_sha256", "deploy_sha256", "params", "dataset", "factor", "channel", "tile")
+    """Digest of everything that decides one image's outputs except the image: engine, model, net,
+    parameters, the preprocessing, the resize factor and the code."""
+    keys = ("engine", "model_sha256", "deploy_sha256", "params", "dataset", "factor", "channel", "tile")
     return files.digest({k: settings[k] for k in keys}, settings["code"])
 
 
@@ -340,7 +373,8 @@ def segment_file(path, stem, settings, estimate=None):
             return {**old["row"], "status": "skipped"}
         gray, channel = gray_channel(read_array(path), settings["channel"], str(path))
         image, net_input = prepare(gray, None, str(path), settings["factor"], settings["dataset"]["percentiles"])
-        prob, labels = segment_prepared(_net(settings), image, net_input, settings["params"], settings["tile"])
+        net, forward = _net(settings)
+        prob, labels = segment_prepared(net, image, net_input, settings["params"], settings["tile"], forward)
         names = save_outputs(out, stem, image, prob, labels)
         own = estimate.get("factor") if estimate and estimate.get("estimated") else None
         row = {"file": str(path), "status": "done", **area_stats(labels), "height": int(image.shape[0]),
@@ -493,18 +527,23 @@ def update_folder_manifest(out, manifest, images, rows, settings):
         if row["status"] == "failed":
             entry["error"] = row["error"]  # any outputs listed are an earlier run's
         manifest["images"][stem] = entry
-    manifest["last_run"] = {k: settings[k] for k in ("model", "model_sha256", "deploy", "params", "dataset",
-                                                       "factor", "factor_estimated", "factor_from", "params_from",
-                                                       "digest")}
+    manifest["last_run"] = {k: settings[k] for k in ("engine", "model", "model_sha256", "deploy", "params",
+                                                       "dataset", "factor", "factor_estimated", "factor_from",
+                                                       "params_from", "digest")}
     files.write_json(Path(out) / FOLDER_MANIFEST, manifest)
 
 
 def make_settings(args, model, params, dataset, params_from):
     """The picklable description of a run that every image's step needs; ``factor`` is the resize factor, or
     "auto" until :func:`choose_factor` sets it."""
-    settings = {"model": str(Path(model).absolute()), "model_sha256": files.sha256_file(model),
-                "deploy": str(Path(args.deploy).absolute()), "deploy_sha256": files.sha256_file(args.deploy),
-                "gpu": args.gpu, "params": params, "params_from": params_from, "dataset": dataset,
+    if args.engine == "onnx":
+        model_sha256, deploy, deploy_sha256 = onnx_engine.weights_sha256(model), None, None
+    else:
+        model_sha256 = files.sha256_file(model)
+        deploy, deploy_sha256 = str(Path(args.deploy).absolute()), files.sha256_file(args.deploy)
+    settings = {"engine": args.engine, "model": str(Path(model).absolute()), "model_sha256": model_sha256,
+                "deploy": deploy, "deploy_sha256": deploy_sha256, "gpu": args.gpu, "params": params,
+                "params_from": params_from, "dataset": dataset,
                 "factor": resolve_factor(args, dataset), "factor_estimated": False,
                 "factor_from": (f"--scale {args.scale:g}" if args.scale is not None else "--diameter auto"
                                 if args.diameter in (None, "auto") else f"--diameter {args.diameter:g} px"),
@@ -639,12 +678,36 @@ FLAGS = {"threshold": "--threshold", "opening_radius": "--opening", "min_area": 
          "marker_threshold": "--marker-threshold"}
 
 
+def package_record(package):
+    """What an exported package recorded for segmentation (``config.cellfcn``, :mod:`tools.onnx_engine`), in
+    the form of :func:`tools.model_params.read_model_params`: ``params`` (None when ``make evaluate`` had not
+    chosen them) and ``dataset``; None for a bare ``.onnx`` (nothing recorded).
+
+    Raises
+    ------
+    InputError
+        A package that ``tools.export`` did not write, or a preprocessing with bad values.
+    """
+    if Path(package).suffix == ".onnx":
+        return None
+    config = onnx_engine.package_config(package)
+    try:  # the checks of a dataset manifest's preprocessing
+        dataset = model_params.dataset_preprocessing({
+            "parameters": {"scale": config["scale"], "percentiles": config["percentiles"]},
+            "nucleus_diameter_px": config.get("nucleus_diameter_px")})
+    except InputError as err:
+        raise InputError(f"{package}: config.cellfcn ({err})") from None
+    return {"params": config.get("instance_parameters"), "dataset": dataset}
+
+
 def resolve_params(args, model, classes):
     """The instance parameters and the dataset preprocessing of a run.
 
-    The model's own ``<model>.params.json`` gives both; explicit ``--threshold``/``--opening``/``--min-area``
-    (and ``--marker-threshold`` for a 3-class net) replace its parameters, and are needed, with ``--manifest``
-    for the preprocessing, for a model without that file.
+    The model's own record gives both: ``<model>.params.json`` for a Caffe model, ``config.cellfcn`` for an
+    exported package (``--engine onnx``). Explicit ``--threshold``/``--opening``/``--min-area`` (and
+    ``--marker-threshold`` for a 3-class net) replace its parameters, and are needed for a model without them
+    (with ``--manifest`` for the preprocessing where there is no record: a Caffe model without that file, a bare
+    ``.onnx``).
 
     Returns
     -------
@@ -653,7 +716,7 @@ def resolve_params(args, model, classes):
     dataset : dict
         ``scale``, ``percentiles``, ``nucleus_diameter_px``.
     params_from : str
-        ``"explicit"`` or the parameters file.
+        ``"explicit"``, the parameters file or the package.
 
     Raises
     ------
@@ -671,8 +734,16 @@ def resolve_params(args, model, classes):
     if given and any(v is None for v in explicit.values()):
         raise InputError(f"give all of {', '.join(FLAGS[k] for k in explicit)} or none (then the model's own "
                          "parameters)")
-    sidecar = model_params.params_path(model)
-    record = model_params.read_model_params(model) if sidecar.is_file() or not given else None
+    if args.engine == "onnx":
+        record, source, lacks = package_record(model), f"config.cellfcn of {model}", "package (a bare .onnx)"
+        if not given and (record or {}).get("params") is None:
+            why = "a bare .onnx records none" if record is None else "exported before `make evaluate` chose them"
+            raise InputError(f"{model} holds no instance parameters ({why}): give "
+                             f"{', '.join(FLAGS[k] for k in explicit)}")
+    else:
+        source = model_params.params_path(model)
+        record = model_params.read_model_params(model) if source.is_file() or not given else None
+        lacks = source.name
     manifest = None
     if args.manifest:
         try:
@@ -682,19 +753,19 @@ def resolve_params(args, model, classes):
     if record is not None:
         dataset = record["dataset"]
         if manifest is not None and manifest != dataset:
-            raise InputError(f"{model} was trained on data prepared with {dataset} ({sidecar.name}), not "
+            raise InputError(f"{model} was trained on data prepared with {dataset} ({source}), not "
                              f"{manifest} ({args.manifest}): leave out --manifest")
     elif manifest is not None:
         dataset = manifest
     else:
-        raise InputError(f"no preprocessing for {model}: it has no {sidecar.name}; give --manifest <the "
+        raise InputError(f"no preprocessing for {model}: it has no {lacks}; give --manifest <the "
                          "manifest.json of the dataset it was trained on>")
     params = explicit if given else dict(record["params"])
     try:  # the parameters must suit this net's maps: 2-D (2 classes) or (2, H, W) (3 classes)
         O.instances_from_maps(np.zeros((2, 1, 1) if classes == 3 else (1, 1), np.float32), **params)
     except ValueError as err:
         raise InputError(f"instance parameters {params} do not suit {model} ({classes} classes): {err}") from None
-    return params, dataset, "explicit" if given else str(sidecar)
+    return params, dataset, "explicit" if given else str(source)
 
 
 def resolve_factor(args, dataset):
@@ -727,7 +798,11 @@ def parse_args(argv=None):
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("inputs", nargs="+", metavar="IN", help="folder of TIFF/PNG images, or image files")
     p.add_argument("--model", help="trained weights, with their <model>.params.json (default: the --objects "
-                                   "model with the highest validation F1)")
+                                   "model with the highest validation F1); with --engine onnx, a package of make "
+                                   "export (.bioimageio.zip, its folder, or .onnx)")
+    p.add_argument("--engine", choices=("caffe", "onnx"), default="caffe",
+                   help="run the net with Caffe (default) or an exported package with onnxruntime (no Caffe "
+                        "needed)")
     p.add_argument("--objects", help="objects.json of make evaluate, to choose the model when --model is not given")
     p.add_argument("--deploy", help="deploy prototxt (default: the committed one of the net the model names)")
     p.add_argument("--out", required=True, help="output folder (one run at a time; not an input folder)")
@@ -766,6 +841,10 @@ def parse_args(argv=None):
         p.error("--workers must be >= 0")
     if not args.model and not args.objects:
         p.error("give --model, or --objects (make evaluate's objects.json) to take its best model")
+    if args.engine == "onnx":
+        for flag in ("deploy", "gpu", "objects"):
+            if getattr(args, flag) is not None:
+                p.error(f"--{flag} is for --engine caffe; --engine onnx runs the package --model names, on the CPU")
     return args
 
 
@@ -781,14 +860,19 @@ def run(args):
         model, row = best_model(args.objects)
         print(f"segment: model {model} ({row.get('name', row.get('model'))}: validation F1 {row['val']['f1']:.3f}, "
               f"the best of {args.objects})", file=sys.stderr)
-    for path in (model, args.deploy or model):
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such file")
-    args.deploy = args.deploy or str(infer.deploy_for(model))
+    if args.engine == "onnx":  # a package folder, its zip or a .onnx; no pycaffe on this path
+        if not model.exists():
+            raise InputError(f"{model}: no such file or folder")
+    else:
+        for path in (model, args.deploy or model):
+            if not Path(path).is_file():
+                raise InputError(f"{path}: no such file")
+        args.deploy = args.deploy or str(infer.deploy_for(model))
     out = Path(args.out)
     files.check_writable(out / "counts.csv")
-    net = infer.load_model(model, args.deploy, args.gpu)  # refuses a model of another net before any work
-    settings = make_settings(args, model, *resolve_params(args, model, int(net.blobs["prob"].data.shape[1])))
+    net = load_net(args.engine, model, args.deploy, args.gpu)  # refuses a model of another net before any work
+    classes = onnx_engine.classes(net[0]) if args.engine == "onnx" else int(net[0].blobs["prob"].data.shape[1])
+    settings = make_settings(args, model, *resolve_params(args, model, classes))
     started = time.monotonic()
     with folder_lock(out):
         manifest = read_folder_manifest(out)
