@@ -205,4 +205,10 @@ def test_parameters_belong_to_their_model(tmp_path):
         model_params.write_model_params(model, {}, val={}, dataset={**dataset, "scale": -1}, chosen_on="v")
     assert not model_params.params_path(model).exists()
     with pytest.raises(InputError, match="nucleus_diameter_px"):
-        model_params.dataset_preprocessing({"parameters": {"percentiles": [1, 99]}})
+        model_params.dataset_preprocessing({"kind": "real", "parameters": {"percentiles": [1, 99], "scale": 0.5}})
+    # A real dataset's manifest without its scale is refused, not read as 1 (a synthetic one is made at 1).
+    with pytest.raises(InputError, match="no parameters.scale"):
+        model_params.dataset_preprocessing({"kind": "real", "parameters": {"percentiles": [1, 99]},
+                                            "nucleus_diameter_px": 20})
+    assert model_params.dataset_preprocessing({"kind": "synthetic", "parameters": {"percentiles": [1, 99]},
+                                               "nucleus_diameter_px": 20})["scale"] == 1.0

@@ -32,6 +32,10 @@ def dataset_preprocessing(manifest):
     params = manifest.get("parameters", {})
     if "percentiles" not in params:
         raise InputError("dataset manifest has no parameters.percentiles (not a data_prep manifest?)")
+    # Only the synthetic datasets are made at their images' own size; a real one without its scale is not
+    # taken to mean 1.
+    if "scale" not in params and manifest.get("kind") != "synthetic":
+        raise InputError("dataset manifest has no parameters.scale (rebuild the dataset: make data)")
     out = {"scale": params.get("scale", 1.0), "percentiles": [float(p) for p in params["percentiles"]],
            "nucleus_diameter_px": manifest.get("nucleus_diameter_px")}
     _check_dataset(out, "dataset manifest")
