@@ -76,7 +76,8 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
     assert [r["key"] for r in table["rows"]] == [r["key"] for r in rows]
     assert table["variants"]["wide"]["parameters"] == net.learnable_parameters("wide")
     for r in table["rows"]:
-        assert all(-1 <= v <= 1 for v in r["mcc_values"]) and r["train_seconds_mean"] > 0
+        # The quick set's 2-iteration models may predict no nucleus at all: an undefined MCC is NaN, never 0.
+        assert all(v != v or -1 <= v <= 1 for v in r["mcc_values"]) and r["train_seconds_mean"] > 0
         assert ("vs_ref" in r) == (r["key"] != "pretrained")
     assert len(table["rows"][0]["seeds"]) == len(X.SETS["quick"]["seeds"])
     for run in planned:  # each run trained the planned variant
