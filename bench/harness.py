@@ -14,14 +14,9 @@ import traceback
 
 from cellfcn import caffe_env
 from cellfcn.errors import CellfcnError
+from cellfcn.machine import thread_env
 
 PAUSE_S = 0.2  # lets the previous worker's spinning threads go to sleep before the next one starts
-
-
-def thread_env(threads):
-    """Environment variables that pin every BLAS/OpenMP pool to ``threads`` threads."""
-    n = str(threads)
-    return {"OPENBLAS_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "BLIS_NUM_THREADS": n}
 
 
 def _failure(err):

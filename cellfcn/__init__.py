@@ -9,6 +9,6 @@ The packages depend on each other in one direction only::
 - :mod:`cellfcn.constants`: names and numbers more than one stage relies on;
 - :mod:`cellfcn.caffe_env`: the Caffe build (binary, pycaffe), Datum encoding, nets with checked weights;
 - :mod:`cellfcn.cli`: the wrapper that gives every command the same exit statuses;
-- :mod:`cellfcn.machine`: the machine a run is on (CPU model, cores);
+- :mod:`cellfcn.machine`: the machine a run is on (CPU model, cores) and the thread variables a run pins;
 - :mod:`cellfcn.schema`: the one loader of the JSON files stages read back (schema version, keys, ranges).
 """

@@ -1,4 +1,5 @@
-"""The machine a run is on, as the benchmarks, the report and the README's tables name it."""
+"""The machine a run is on, as the benchmarks, the report and the README's tables name it, and the thread counts a
+run pins (one definition for training, segmentation workers and benchmarks)."""
 import os
 import platform
 import re
@@ -23,3 +24,9 @@ def cpuinfo(text=None):
                 vendor=fields.get("vendor_id", ""), family=int(fields.get("cpu family", 0) or 0),
                 cores=len(os.sched_getaffinity(0)), mhz=max(mhz) if mhz else 0.0,
                 flags=set(fields.get("flags", "").split()))
+
+
+def thread_env(threads):
+    """Environment variables that fix Caffe's OpenMP (oneDNN) and the BLAS pools at ``threads`` threads; set
+    them before the libraries load (each reads its variable once)."""
+    return dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), str(int(threads)))

@@ -69,6 +69,7 @@ import cellfcn
 import prototxt
 from cellfcn import cli, files
 from cellfcn.errors import CellfcnError, InputError
+from cellfcn.machine import thread_env
 from prototxt import net
 from tools import evaluate as E
 from tools import infer
@@ -102,7 +103,6 @@ SETS = {
 BATCH = 8
 # Opening radii and minimum areas (pixels) searched on the validation patches for row 5.
 POST_GRID = dict(opening_radii=(0, 1, 2, 3), min_areas=(0, 10, 20, 40, 80))
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 POLL_S = 10  # how often the distributed path asks the scheduler which runs are going
 QUIET_S = 300  # a progress line at least this often while runs go on
 
@@ -216,11 +216,6 @@ def efficiency_pairs(name):
 
 # ----------------------------------------------------------------------------------------------- steps
 _CHILDREN = set()  # training and scoring processes of this process, for interrupt_children
-
-
-def thread_env(threads):
-    """Environment variables that fix Caffe's OpenMP (oneDNN) and BLAS pools at ``threads`` threads."""
-    return dict.fromkeys(THREAD_VARIABLES, str(int(threads)))
 
 
 def _call(cmd, what, threads=None, log=None):

@@ -57,6 +57,7 @@ import numpy as np
 from cellfcn import cli, files
 from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import CellfcnError, InputError
+from cellfcn.machine import thread_env
 from tools import infer, model_params, onnx_engine, scale
 from tools import objects as O
 
@@ -70,7 +71,7 @@ FOLDER_SCHEMA = 1
 LOCK = ".segment.lock"
 # One BLAS thread per process: n processes on n cores, not n x n threads; also the serial path, for identical
 # outputs (set before pycaffe loads libopenblas, which reads it once).
-WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+WORKER_ENV = thread_env(1)
 
 
 def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PCT_HIGH)):
