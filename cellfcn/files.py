@@ -30,12 +30,13 @@ def digest(*parts):
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_digest(*packages):
-    """SHA-256 over the Python sources of imported packages: a code change makes old outputs stale."""
+def code_digest(*modules):
+    """SHA-256 over the Python sources of imported packages (all their files) and modules: a code change makes
+    old outputs stale."""
     h = hashlib.sha256()
-    for package in packages:
-        folder = Path(package.__file__).parent
-        for path in sorted(folder.rglob("*.py")):
+    for module in modules:
+        folder = Path(module.__file__).parent
+        for path in sorted(folder.rglob("*.py")) if hasattr(module, "__path__") else [Path(module.__file__)]:
             h.update(path.relative_to(folder.parent).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 

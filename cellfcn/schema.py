@@ -19,7 +19,7 @@ that does not apply (the AUC of a binary baseline): :func:`number` says which a 
 import math
 
 from . import files
-from .constants import METRICS, TABLE1_SCHEMA
+from .constants import MANIFEST_SCHEMA, METRICS, TABLE1_SCHEMA
 from .errors import CellfcnError, InputError
 
 
@@ -38,10 +38,13 @@ class Schema:
         Spec of the top-level object (see the module docstring).
     check : callable, optional
         ``obj -> problem or None``: what the fields alone cannot say (rows that must be there).
+    remedy : str, optional
+        What to do instead of rebuilding, for a file no command rebuilds (default: run ``rebuild`` again).
     """
 
-    def __init__(self, what, version, rebuild, fields, check=None):
+    def __init__(self, what, version, rebuild, fields, check=None, remedy=None):
         self.what, self.version, self.rebuild, self.fields, self.check = what, version, rebuild, fields, check
+        self.remedy = remedy or f"run `{rebuild}` again to rebuild it"
 
 
 class _Mismatch(Exception):
@@ -71,6 +74,26 @@ def integer(lo=0, null=False):
         if isinstance(value, bool) or not isinstance(value, int):
             return f"must be an integer, not {value!r}"
         return None if value >= lo else f"must be at least {lo}, not {value}"
+    return check
+
+
+def positive(hi=math.inf):
+    """Spec of a finite number in (0, hi]."""
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be a positive number, not {value!r}"
+        return None if 0 < value <= hi else f"must lie in (0, {hi:g}], not {value:g}"
+    return check
+
+
+def ordered_pair(lo, hi):
+    """Spec of ``[low, high]`` with ``lo <= low < high <= hi`` (percentiles, ranges)."""
+    def check(value):
+        if not isinstance(value, list) or len(value) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+            return f"must be [low, high], not {value!r}"
+        return None if lo <= value[0] < value[1] <= hi else f"must be [low, high] in [{lo:g}, {hi:g}], low < high, " \
+                                                              f"not {value!r}"
     return check
 
 
@@ -154,12 +177,34 @@ def load(path, schema):
         raise InputError(str(err)) from None
     problem = validate(obj, schema)
     if problem:
-        raise InputError(f"{schema.what} {path}: {problem}: run `{schema.rebuild}` again to rebuild it")
+        raise InputError(f"{schema.what} {path}: {problem}: {schema.remedy}")
+    return obj
+
+
+def require(obj, spec, where):
+    """Check an object about to be written, or a part of one already read, against a :class:`Schema` or a
+    fields spec; return it.
+
+    Raises
+    ------
+    InputError
+        The first problem, naming ``where``.
+    """
+    if isinstance(spec, Schema):
+        problem = validate(obj, spec)
+    else:
+        try:
+            _check(obj, spec, "")
+            problem = None
+        except _Mismatch as err:
+            problem = str(err).lstrip(".")
+    if problem:
+        raise InputError(f"{where}: {problem}")
     return obj
 
 
 # ------------------------------------------------------------------------------------------- table1.json
-# The rows figures and report rely on, by (model, split, protocol): tools.table1 writes exactly these.
+# The rows figures and report rely on, by (model, split, protocol): tools.evaluate writes exactly these.
 TABLE1_ROWS = (("before", "real_test", "test-optimal"), ("before", "real_test", "val-threshold"),
                ("after", "real_test", "test-optimal"), ("after", "real_test", "val-threshold"),
                ("otsu", "real_test", "otsu-per-image"), ("before", "synthetic_test", "test-optimal"))
@@ -185,3 +230,26 @@ TABLE1 = Schema("Table 1", TABLE1_SCHEMA, "make evaluate",
                 {"inputs_sha256": str, "rows": [_ROW], "paper": [_PAPER_ROW],
                  "bootstrap": {"replicates": integer(1), "unit": str}},
                 check=_table1_rows)
+
+
+# ------------------------------------------------------------------------------ dataset folder manifest.json
+def _dataset_rules(manifest):
+    # Only the synthetic datasets are made at their images' own size; a real one without its scale is not
+    # taken to mean 1.
+    scale = manifest["parameters"].get("scale")
+    if scale is None:
+        return None if manifest["kind"] == "synthetic" else "parameters.scale is missing (a real dataset's scale " \
+                                                               "is never taken to be 1)"
+    problem = positive(16)(scale)
+    return f"parameters.scale {problem}" if problem else None
+
+
+DATASET = Schema("dataset manifest", MANIFEST_SCHEMA, "make data", {
+    "kind": str, "command": str, "patch_size": integer(1), "seed": integer(0), "formats": [str],
+    "splits": Mapping({"n": integer(0)}), "parameters": {"percentiles": ordered_pair(0, 100)},
+    "nucleus_diameter_px": number(0, null=True), "files": Mapping(str), "build_key": str}, check=_dataset_rules)
+
+
+def load_dataset(path):
+    """A data_prep dataset's ``manifest.json``, checked (:data:`DATASET`)."""
+    return load(path, DATASET)

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cellfcn import images, scale
 from cellfcn.cli import run
 from cellfcn.constants import MANIFEST_SCHEMA, PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import InputError
 from cellfcn.files import check_writable, clean_stale, code_digest, digest, sha256_file
+from cellfcn.images import find_pairs, read_array, read_mask
 from simcep_py.dataset import cell_range, plan_images
 
 from . import mnfinder, real, synthetic
-from .io import find_pairs, read_array, read_mask
 from .patches import MIN_CELL_FRACTION
 from .preview import write_preview
 from .progress import log, progress_map
@@ -78,7 +79,8 @@ def _build(args, kind, params, sources, load, extra_code=None):
     clean_stale(out)  # temporaries of killed runs, also when the dataset turns out to be up to date
     params = {"patch_size": args.patch_size, "seed": args.seed, "formats": formats,
               "min_cell_fraction": args.min_cell_fraction, "percentiles": [args.pct_low, args.pct_high], **params}
-    code = {"data_prep": code_digest(sys.modules[__package__]), **(extra_code or {})}
+    # cellfcn's readers and the diameter measure decide a dataset's content too
+    code = {"data_prep": code_digest(sys.modules[__package__], images, scale), **(extra_code or {})}
     key = digest(args.command, params, sources, code)
     if not args.force and is_up_to_date(out, key):
         log(f"{out} is up to date (same parameters, sources and code); --force rebuilds it")

@@ -17,7 +17,7 @@ project file. 30 training, 3 validation and 16 test images:
   magnitude between groups, hence per-image percentile normalisation.
 - nucleus masks: RGBA PNG, one random colour per nucleus, alpha 255 on nuclei and 0 on background
   (colour 0,0,0,0); touching nuclei have different colours. We use alpha > 0 as the binary cell mask,
-  keep the colours as instance labels (:func:`data_prep.io.instance_labels_from_rgba`; ``labels/<i>`` of
+  keep the colours as instance labels (:func:`cellfcn.images.instance_labels_from_rgba`; ``labels/<i>`` of
   the whole-image files) and ignore the micronucleus masks (tiny DNA bodies, not nuclei).
 - cells cover 3-20 % of an image (about 8 % on average; the report says about 10 %).
 - ``test-data/2023-05-31_misc/images/1.tif`` is pixel-identical to
@@ -51,8 +51,8 @@ from pathlib import Path, PurePosixPath
 
 from cellfcn.errors import InputError
 from cellfcn.files import sha256_file
+from cellfcn.images import read_array, read_mask
 
-from .io import read_array, read_mask
 from .progress import progress_map
 
 PACKAGE = "mnfinder"
@@ -148,7 +148,7 @@ def pick_val(pairs, n_val, rng):
 
 def read_pairs(wheel, pairs, desc):
     """Decode the listed members: list of (name, image array, instance labels (int32, see
-    :func:`data_prep.io.read_mask`), sha256 of image, of mask)."""
+    :func:`cellfcn.images.read_mask`), sha256 of image, of mask)."""
     with zipfile.ZipFile(wheel) as archive:
         def read(pair):
             name, image_member, mask_member, _ = pair

@@ -5,12 +5,13 @@ from skimage.transform import resize
 
 from cellfcn.constants import PCT_HIGH, PCT_LOW
 from cellfcn.errors import InputError
+from cellfcn.images import mask_labels, resize_labels, to_gray
+from cellfcn.scale import pooled_median_diameter
 
 from .augment import augment_dihedral
-from .io import mask_labels, resize_labels, to_gray
-from .targets import contour_targets, median_diameter
 from .normalize import normalize_percentile
 from .patches import cell_fraction, extract_patches, sample_patches, tile_origins
+from .targets import contour_targets
 
 
 def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LOW, PCT_HIGH)):
@@ -19,8 +20,8 @@ def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LO
     The image is reduced to one channel, normalised per image (:func:`normalize_percentile`), then
     image and mask are resized by ``scale`` (bilinear with anti-aliasing when shrinking; the mask is
     resized as a 0/1 float image and thresholded at 0.5, so object areas scale by ``scale**2``). The
-    instance labels (:func:`data_prep.io.mask_labels`) are resized to cover exactly that mask
-    (:func:`data_prep.io.resize_labels`).
+    instance labels (:func:`cellfcn.images.mask_labels`) are resized to cover exactly that mask
+    (:func:`cellfcn.images.resize_labels`).
 
     Returns
     -------
@@ -118,7 +119,7 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
     info : dict of name -> manifest entry (counts, cell fractions, image names)
     full : dict of name -> (images, masks, labels, names) for val and test
     diameter : float or None
-        Median nucleus diameter of the training images (pixels, :func:`data_prep.targets.median_diameter`).
+        Median nucleus diameter of the training images (pixels, :func:`cellfcn.scale.pooled_median_diameter`).
     """
     if not any(item[2].any() for item in train + val + test):
         raise InputError("every mask is empty: no cell pixels to learn from")
@@ -139,4 +140,4 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
         info[name] = {"n": len(split["data"]), "cell_fraction": round(cell_fraction(split["label"]), 6),
                       "image_cell_fraction": round(cell_fraction(masks), 6), "n_images": len(items),
                       **info[name], "images": names}
-    return splits, info, full, median_diameter(item[3] for item in train)
+    return splits, info, full, pooled_median_diameter(item[3] for item in train)

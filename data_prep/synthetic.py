@@ -14,12 +14,13 @@ patches are sampled at random positions (overlap allowed, near-empty rule applie
 import numpy as np
 
 from cellfcn.errors import InputError
+from cellfcn.scale import pooled_median_diameter
 from simcep_py import simulate
 
 from .normalize import normalize_percentile
 from .patches import cell_fraction, sample_patches
 from .progress import progress_map
-from .targets import contour_targets, median_diameter
+from .targets import contour_targets
 
 
 def render_images(plan, size, pct):
@@ -64,4 +65,4 @@ def build_synthetic_splits(plan, rendered, n_train, n_test, patch_size, rng, min
                       "n_simplex_images": sum(plan[i]["simplex_background"] for i in members),
                       "near_empty_rule": min_fraction > 0}
     train = [rendered[i][2] for i, item in enumerate(plan) if item["split"] == "train"]
-    return splits, info, median_diameter(train)
+    return splits, info, pooled_median_diameter(train)

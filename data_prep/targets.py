@@ -51,32 +51,3 @@ def contour_targets(labels, width=CONTOUR_WIDTH):
     target = np.where(labels > 0, CONTOUR, BACKGROUND).astype(np.uint8)
     target[same & (labels > 0)] = INTERIOR
     return target
-
-
-def nucleus_diameters(labels):
-    """Equivalent-circle diameters ``2 sqrt(area / pi)`` (pixels) of the nuclei not cut by the image edge.
-
-    Parameters
-    ----------
-    labels : (H, W) array_like of int
-        Instance labels, 0 background.
-
-    Returns
-    -------
-    ndarray of float64
-        One per nucleus that touches no edge, in label order.
-    """
-    labels = np.asarray(labels)
-    areas = np.bincount(labels.ravel())
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    keep = areas > 0
-    keep[0] = False
-    keep[edge] = False
-    return 2 * np.sqrt(areas[keep] / np.pi)
-
-
-def median_diameter(label_images):
-    """Median equivalent diameter (pixels) of the nuclei of several label images (edge nuclei left out); None
-    when there is no such nucleus."""
-    diameters = np.concatenate([nucleus_diameters(labels) for labels in label_images] or [np.zeros(0)])
-    return round(float(np.median(diameters)), 3) if diameters.size else None

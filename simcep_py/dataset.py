@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from cellfcn import files
 from cellfcn.errors import CellfcnError
+from cellfcn.pictures import preview_grid, write_png
 
 from .params import SimcepParams
-from .preview import preview_grid, save_png
 from .simulation import check_inputs, simulate
 
 MANIFEST = "simcep.json"
@@ -143,5 +143,5 @@ def write_dataset(out, n_images, shape, n_cells, seed, params=None, simplex_frac
                     "images": records}
         files.write_json(tmp / MANIFEST, manifest)
         if preview is not None:
-            save_png(preview, preview_grid([s[0] for s in shown], [s[1] for s in shown], columns=min(3, len(shown))))
+            write_png(preview, preview_grid([s[0] for s in shown], [s[1] for s in shown], columns=min(3, len(shown))))
     return manifest

@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-from cellfcn import caffe_env, cli, files
+from cellfcn import caffe_env, cli, files, schema
 from cellfcn.constants import CAFFE_SEED_BASE, STAGES
 from cellfcn.errors import InputError
 
@@ -150,8 +150,7 @@ def _main(argv=None):
         if args.write_defaults:
             write_defaults(args.write_defaults, args.batch)
         if args.manifest:
-            manifest = files.read_json(args.manifest, "dataset manifest")
-            n_train = manifest.get("splits", {}).get("train", {}).get("n")
+            n_train = schema.load_dataset(args.manifest)["splits"].get("train", {}).get("n")
             if not n_train:
                 raise InputError(f"{args.manifest}: no 'train' split")
             print(json.dumps(schedule(args.stage, n_train, args.batch, args.config, args.epochs), indent=1))

@@ -56,6 +56,17 @@ def write_h5(folder, name, data, label):
     return listfile
 
 
+def dataset_manifest(kind="real", **changes):
+    """A complete data_prep manifest (what ``cellfcn.schema.DATASET`` requires), with top-level ``changes``."""
+    from cellfcn.constants import MANIFEST_SCHEMA
+
+    manifest = {"schema_version": MANIFEST_SCHEMA, "kind": kind, "command": "mnfinder" if kind == "real" else kind,
+                "patch_size": 16, "seed": 0, "formats": ["hdf5"], "splits": {"train": {"n": 8, "cell_fraction": 0.2}},
+                "parameters": {"percentiles": [1.0, 99.8], **({"scale": 1.0} if kind != "synthetic" else {})},
+                "nucleus_diameter_px": 20.0, "files": {}, "build_key": "test"}
+    return {**manifest, **changes}
+
+
 def make_dataset(folder, kind="synthetic", n_train=8, n_test=4, size=16, seed=0, formats=("hdf5",)):
     """A tiny dataset folder in data_prep's contract format (manifest, HDF5 + list files, LMDBs)."""
     import json
@@ -67,7 +78,7 @@ def make_dataset(folder, kind="synthetic", n_train=8, n_test=4, size=16, seed=0,
     splits = {"train": n_train, ("test" if kind == "synthetic" else "val"): n_test}
     if kind == "real":
         splits["test"] = n_test
-    manifest = {"kind": kind, "patch_size": size, "seed": seed, "formats": list(formats), "splits": {}, "files": {}}
+    manifest = dataset_manifest(kind, patch_size=size, seed=seed, formats=list(formats), splits={}, files={})
     for i, (split, n) in enumerate(splits.items()):
         data, label = toy_arrays(n, size, seed + i)
         if "hdf5" in formats:

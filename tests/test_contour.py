@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 from skimage.draw import disk as draw_disk
 
+from cellfcn import objects as O
 from cellfcn.errors import InputError
+from cellfcn.scale import nucleus_diameters
+from cellfcn.scale import pooled_median_diameter as median_diameter
 from data_prep import real
 from data_prep.augment import dihedral
-from data_prep.targets import CONTOUR, INTERIOR, contour_targets, median_diameter, nucleus_diameters
+from data_prep.targets import CONTOUR, INTERIOR, contour_targets
 from prototxt import net
 from tools import infer, model_params
-from tools import objects as O
 
-from conftest import REPO
+from conftest import REPO, dataset_manifest
 
 
 def _discs(shape, *discs):
@@ -204,11 +206,14 @@ def test_parameters_belong_to_their_model(tmp_path):
     with pytest.raises(InputError, match="scale"):
         model_params.write_model_params(model, {}, val={}, dataset={**dataset, "scale": -1}, chosen_on="v")
     assert not model_params.params_path(model).exists()
-    with pytest.raises(InputError, match="nucleus_diameter_px"):
-        model_params.dataset_preprocessing({"kind": "real", "parameters": {"percentiles": [1, 99], "scale": 0.5}})
+    with pytest.raises(InputError, match="nucleus_diameter_px must be a positive number, not None"):
+        model_params.dataset_preprocessing(dataset_manifest("real", nucleus_diameter_px=None))
     # A real dataset's manifest without its scale is refused, not read as 1 (a synthetic one is made at 1).
-    with pytest.raises(InputError, match="no parameters.scale"):
-        model_params.dataset_preprocessing({"kind": "real", "parameters": {"percentiles": [1, 99]},
-                                            "nucleus_diameter_px": 20})
-    assert model_params.dataset_preprocessing({"kind": "synthetic", "parameters": {"percentiles": [1, 99]},
-                                               "nucleus_diameter_px": 20})["scale"] == 1.0
+    with pytest.raises(InputError, match="parameters.scale is missing"):
+        model_params.dataset_preprocessing(dataset_manifest("real", parameters={"percentiles": [1, 99]}))
+    assert model_params.dataset_preprocessing(dataset_manifest("synthetic"))["scale"] == 1.0
+    # Older or foreign manifests: one line naming `make data`.
+    for bad in (dataset_manifest("real", schema_version=None), dataset_manifest("real", parameters={"scale": 1}),
+                dataset_manifest("real", parameters={"scale": 1, "percentiles": [99, 1]})):
+        with pytest.raises(InputError, match="make data"):
+            model_params.dataset_preprocessing(bad)

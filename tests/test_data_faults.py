@@ -21,8 +21,8 @@ from PIL import Image
 from skimage.transform import downscale_local_mean
 
 from cellfcn.errors import InputError
+from cellfcn.images import to_binary_mask
 from data_prep import __main__ as cli
-from data_prep.io import to_binary_mask
 from data_prep.writers import is_up_to_date
 
 # Small, fast settings: 4 images of 128 x 128, 8 training and 4 test patches (about 1 MB of HDF5).

@@ -1,4 +1,4 @@
-"""data_prep.io: channels from the file's own metadata, and masks that only look like instance labels."""
+"""cellfcn.images: channels from the file's own metadata, and masks that only look like instance labels."""
 import io
 
 import numpy as np
@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from skimage.transform import downscale_local_mean
 
 from cellfcn.errors import InputError
-from data_prep.io import gray_channel, mask_labels, read_array, relabel_raster_order, to_binary_mask, to_gray
+from cellfcn.images import gray_channel, mask_labels, read_array, relabel_raster_order, to_binary_mask, to_gray
 
 PLANES = np.stack([np.full((6, 8), 10 * (k + 1), np.uint16) for k in range(4)])  # plane k holds 10 (k + 1)
 

@@ -13,9 +13,9 @@ from PIL import Image
 
 from cellfcn.errors import InputError
 from cellfcn.files import sha256_file
+from cellfcn.images import mask_labels, read_array, resize_labels, to_binary_mask, to_gray
 from data_prep import __main__ as cli
 from data_prep.augment import augment_dihedral, dihedral
-from data_prep.io import mask_labels, read_array, resize_labels, to_binary_mask, to_gray
 from data_prep.normalize import normalize_percentile
 from data_prep.patches import sample_patches, tile_origins
 from data_prep.real import prepare_pair

@@ -1,4 +1,4 @@
-"""tools.evaluate and tools.table1 end to end on a tiny dataset with random-weight models."""
+"""tools.score and tools.evaluate end to end on a tiny dataset with random-weight models."""
 import csv
 import json
 import subprocess
@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import matthews_corrcoef
 
+from conftest import dataset_manifest
+
+from cellfcn import metrics as M
 from cellfcn.constants import METRICS
-from data_prep.io import mask_labels
-from tools import evaluate as E
+from cellfcn.images import mask_labels
+from tools import evaluate as T
 from tools import infer
-from tools import metrics as M
-from tools import table1 as T
+from tools import score as E
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "prototxt" / "deploy.prototxt"
@@ -71,8 +73,7 @@ def workspace(tmp_path_factory, caffe):
     _write_split(real, "val", *_images(2, (32, 32), 2), with_full=True)
     _write_split(syn, "test", *_images(2, (16, 48), 3), with_full=False)
     # What make evaluate records beside each model (its dataset's preprocessing and nucleus size).
-    (real / "manifest.json").write_text(json.dumps({"parameters": {"percentiles": [1.0, 99.8], "scale": 1.0},
-                                                    "nucleus_diameter_px": 12.0}))
+    (real / "manifest.json").write_text(json.dumps(dataset_manifest("real", nucleus_diameter_px=12.0)))
     for seed, stage in ((1, "pretrain"), (2, "finetune")):
         (root / "runs" / stage).mkdir(parents=True)
         caffe.set_random_seed(seed)
@@ -102,7 +103,7 @@ def test_predict_batches_match_single_forwards(workspace, caffe):
 def test_evaluate_cli(workspace, tmp_path):
     model = workspace / "runs" / "finetune" / "final.caffemodel"
     data = workspace / "data" / "real"
-    proc = _run("evaluate.py", "--model", model, "--data", data, "--split", "test", "--out", tmp_path / "e",
+    proc = _run("score", "--model", model, "--data", data, "--split", "test", "--out", tmp_path / "e",
                 "--batch", "5")
     assert proc.returncode == 0, proc.stderr
     assert "| final |" in proc.stdout
@@ -168,14 +169,14 @@ def test_evaluate_bad_input(workspace, tmp_path, caffe, capsys):
     with pytest.raises(SystemExit) as usage:  # a value out of range is a usage error
         E.main(["--model", str(model), "--data", str(real), "--threshold", "1.5", "--out", str(tmp_path / "out")])
     assert usage.value.code == 2 and "--threshold must lie in [0, 1]" in capsys.readouterr().err
-    proc = _run("evaluate.py", *cases[1][0], "--out", tmp_path / "out")  # the exit status of the command
+    proc = _run("score", *cases[1][0], "--out", tmp_path / "out")  # the exit status of the command
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "not a caffemodel" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_table1_end_to_end(workspace, tmp_path):
     args = ["--runs", workspace / "runs", "--data", workspace / "data", "--bootstrap", "200", "--batch", "8"]
-    proc = _run("table1.py", *args, "--out", tmp_path / "a")
+    proc = _run("evaluate", *args, "--out", tmp_path / "a")
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "a"
     table = json.loads((out / "table1.json").read_text())
@@ -245,7 +246,7 @@ def test_table1_end_to_end(workspace, tmp_path):
 
     # Unchanged inputs: the stage returns at once and rewrites nothing; a changed model recomputes.
     stamp = (out / "table1.json").stat().st_mtime_ns
-    again = _run("table1.py", *args, "--out", out)
+    again = _run("evaluate", *args, "--out", out)
     assert again.returncode == 0 and "up to date" in again.stderr and again.stdout == proc.stdout
     assert (out / "table1.json").stat().st_mtime_ns == stamp
 
@@ -255,7 +256,7 @@ def test_table1_bad_input(workspace, tmp_path):
     (runs / "pretrain").mkdir(parents=True)
     (runs / "pretrain" / "final.caffemodel").write_bytes((workspace / "runs" / "pretrain" / "final.caffemodel")
                                                          .read_bytes())
-    proc = _run("table1.py", "--runs", runs, "--data", workspace / "data", "--out", tmp_path / "out")
+    proc = _run("evaluate", "--runs", runs, "--data", workspace / "data", "--out", tmp_path / "out")
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("error: model not found") and "finetune" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

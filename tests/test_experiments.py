@@ -13,10 +13,10 @@ import pytest
 from conftest import REPO
 
 from cellfcn import caffe_env, files
+from cellfcn import metrics as M
 from cellfcn.errors import InputError
 from prototxt import net
 from tools import experiments as X
-from tools import metrics as M
 
 MAIN_CLAIM = ("synthetic", "pretrained", "xavier", "xavier-equal")
 
@@ -217,7 +217,8 @@ def test_score_cache_refuses_a_hand_edited_file(tmp_path):
 
 
 def test_table2_json_is_checked_on_reading(tmp_path):
-    table = dict(schema_version=X.SCHEMA, rows=[])
+    table = dict(schema_version=X.SCHEMA, set="quick", rows=[], data_efficiency=[], n_runs=0, train_seconds_total=0.0,
+                 wall_seconds=1.0, where="serial")
     table["content_sha256"] = X._content_digest(table)
     path = tmp_path / "table2.json"
     files.write_json(path, table)
@@ -227,6 +228,9 @@ def test_table2_json_is_checked_on_reading(tmp_path):
         X.load_table2(path)
     files.write_json(path, dict(table, schema_version=1))
     with pytest.raises(InputError, match="schema 1"):
+        X.load_table2(path)
+    files.write_json(path, {k: v for k, v in table.items() if k != "wall_seconds"})
+    with pytest.raises(InputError, match="wall_seconds is missing: run `make experiments` again"):
         X.load_table2(path)
 
 

@@ -13,13 +13,14 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO
+from conftest import REPO, dataset_manifest
 from test_faults import assert_one_line_error
 
 from cellfcn import caffe_env
+from cellfcn import objects
 from cellfcn.errors import InputError
 from prototxt import net as netspec
-from tools import export, infer, model_params, objects, onnx_engine, segment
+from tools import export, infer, model_params, onnx_engine, segment
 
 REAL_IMAGE = "test-data/2023-05-31_misc/images/HFF-revt-01_s17.tif"  # 512 x 512, 384 x 384 at the net's scale
 SCALE, PERCENTILES = 0.75, [1.0, 99.8]
@@ -58,7 +59,7 @@ def real(tmp_path_factory):
         data = archive.read(f"mnfinder/{REAL_IMAGE}")
     path = tmp_path_factory.mktemp("real") / "nuclei.tif"
     path.write_bytes(data)
-    from data_prep.io import read_array
+    from cellfcn.images import read_array
 
     return path, segment.prepare(read_array(path), scale=SCALE, percentiles=PERCENTILES)[1]
 
@@ -66,8 +67,7 @@ def real(tmp_path_factory):
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "manifest.json"
-    path.write_text(json.dumps({"parameters": {"scale": SCALE, "percentiles": PERCENTILES},
-                                "nucleus_diameter_px": 20.0}))
+    path.write_text(json.dumps(dataset_manifest("real", parameters={"scale": SCALE, "percentiles": PERCENTILES})))
     return path
 
 
@@ -167,7 +167,8 @@ class NoCaffe(importlib.abc.MetaPathFinder):
             raise ImportError("no Caffe here")
 sys.meta_path.insert(0, NoCaffe())
 import numpy as np
-from tools import infer, objects, onnx_engine
+from cellfcn import objects
+from tools import infer, onnx_engine
 package, image, out = sys.argv[1:]
 session = onnx_engine.load_session(package, threads=1)
 maps = infer.segment_image(session, np.load(image), tile=256, forward=onnx_engine.forward)
@@ -347,7 +348,7 @@ def _counts(out):
 def exported(caffe, real, tmp_path_factory):
     """The nucleus detector with its parameters, its package, and a folder of two real images (the mnfinder
     test image and a crop of it whose sides are not multiples of 8)."""
-    from data_prep.io import read_array
+    from cellfcn.images import read_array
 
     root = tmp_path_factory.mktemp("exported")
     model = _nucleus_detector(caffe, root / "detector.caffemodel")

@@ -129,9 +129,9 @@ def test_figures_and_report_never_run_the_net(tmp_path):
 def test_outputs_below_a_file_or_onto_a_folder_are_one_line_errors(tmp_path):
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
-    proc = _run("tools.table1", "--runs", tmp_path, "--data", tmp_path, "--out", blocker / "eval")
+    proc = _run("tools.evaluate", "--runs", tmp_path, "--data", tmp_path, "--out", blocker / "eval")
     assert_one_line_error(proc, "is a file")
-    proc = _run("tools.parse_log", REPO / "tests" / "data" / "caffe_train.log", "--out", tmp_path)
+    proc = _run("cellfcn.parse_log", REPO / "tests" / "data" / "caffe_train.log", "--out", tmp_path)
     assert_one_line_error(proc, "is a folder")
     proc = _run("prototxt.net", "--out", blocker)
     assert_one_line_error(proc, "does not exist")

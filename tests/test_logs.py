@@ -1,4 +1,4 @@
-"""tools/parse_log.py and tools/plot_log.py on real `caffe train` logs (the committed fixture and a live run).
+"""cellfcn/parse_log.py and tools/plot_log.py on real `caffe train` logs (the committed fixture and a live run).
 
 ``python tests/test_logs.py`` rewrites the fixture tests/data/caffe_train.log with :func:`train_tiny`.
 """
@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "data" / "caffe_train.log"
 
-from tools import parse_log, plot_log
+from cellfcn import parse_log
+from tools import plot_log
 
 SOLVER = """train_net: "{d}/train.prototxt"
 test_net: "{d}/test.prototxt"
@@ -193,7 +194,7 @@ def test_not_a_log_is_an_error(tmp_path, capsys):
 
 def test_cli_writes_csv(tmp_path):
     out = tmp_path / "log.csv"
-    done = subprocess.run([sys.executable, "-m", "tools.parse_log", str(FIXTURE), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "cellfcn.parse_log", str(FIXTURE), "--out", str(out)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     import csv

@@ -1,13 +1,13 @@
-"""tools/metrics.py against scikit-learn and direct computation; undefined scores and rows."""
+"""cellfcn/metrics.py against scikit-learn and direct computation; undefined scores and rows."""
 import json
 
 import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, matthews_corrcoef, roc_auc_score
 
+from cellfcn import metrics as M
 from cellfcn.constants import METRICS
-from tools import evaluate as E
-from tools import metrics as M
+from tools import score as E
 
 
 def _data(seed, n=20000, pos_fraction=0.2, shape=None):

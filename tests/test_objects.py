@@ -1,4 +1,4 @@
-"""tools/objects.py on hand-made label images with hand-computed answers."""
+"""cellfcn/objects.py on hand-made label images with hand-computed answers."""
 import warnings
 
 import numpy as np
@@ -8,9 +8,9 @@ from skimage.draw import disk as draw_disk
 from skimage.feature import peak_local_max
 from skimage.measure import label as label_regions
 
+from cellfcn import objects as O
 from cellfcn.errors import InputError
-from data_prep.io import instance_labels_from_rgba
-from tools import objects as O
+from cellfcn.images import instance_labels_from_rgba
 
 
 def _discs(shape, *discs):
@@ -440,13 +440,13 @@ def test_choose_validation(kwargs, message):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The object-level table of make evaluate (tools.count)
+# The object-level table of make evaluate (tools.object_table)
 # ---------------------------------------------------------------------------------------------------------
 
 def test_object_table_on_hand_made_images(tmp_path):
     import h5py
 
-    from tools import count
+    from tools import object_table
 
     val_probs, val_gt = _search_data()
     val = {"names": ["v0", "v1"], "images": [np.where(g > 0, 0.9, 0.1).astype(np.float32) for g in val_gt],
@@ -461,7 +461,7 @@ def test_object_table_on_hand_made_images(tmp_path):
     faint = [np.where(g > 0, 0.2, 0.05) for g in val_gt]
     maps = {"before": {"val": faint, "test": [np.where(gt > 0, 0.2, 0.05), np.zeros((32, 32))]},
             "after": {"val": val_probs, "test": [found, np.zeros((32, 32))]}}
-    rows, predictions = count.evaluate_objects(maps, val, test, {"before": 0.15})
+    rows, predictions = object_table.evaluate_objects(maps, val, test, {"before": 0.15})
     before, after, otsu = rows
     assert [r["model"] for r in rows] == ["before", "after", "otsu"]
     assert before["grid"]["thresholds"] == (0.15, 0.3, 0.5, 0.7) and after["grid"]["thresholds"] == (0.3, 0.5, 0.7)
@@ -486,18 +486,18 @@ def test_object_table_on_hand_made_images(tmp_path):
     assert otsu["params"]["threshold"] == 0.5 and otsu["pooled"]["f1"] == 1.0
     assert otsu["pooled"]["mean_abs_count_error"] == 0.0
 
-    text = count.write_outputs(tmp_path, rows, val, test)
+    text = object_table.write_outputs(tmp_path, rows, val, test)
     assert "| ours: after fine-tuning | 0.30 | 0 | 30 | 1.000 | 0.667 | 0.800 | 0.667 |" in text
     assert "| Otsu per image + watershed | Otsu |" in text
     assert (tmp_path / "objects.md").read_text() == text
-    assert count.load_objects(tmp_path / "objects.json")["rows"][1]["params"] == after["params"]
+    assert object_table.load_objects(tmp_path / "objects.json")["rows"][1]["params"] == after["params"]
 
     # Whole-image files need labels/<i>: an older dataset with masks only is refused (its connected components
     # would merge touching nuclei in the truth), not silently used.
     with h5py.File(tmp_path / "full.h5", "w") as f:
         f["images/0"], f["masks/0"] = test["images"][0], (gt > 0).astype(np.uint8)
     with pytest.raises(InputError, match="no instance labels.*make data"):
-        count.load_full(tmp_path / "full.h5")
+        object_table.load_full(tmp_path / "full.h5")
     with h5py.File(tmp_path / "full.h5", "a") as f:
         f["labels/0"] = np.where(gt == 2, 7, gt)
-    assert count.load_full(tmp_path / "full.h5")["labels"][0].max() == 7
+    assert object_table.load_full(tmp_path / "full.h5")["labels"][0].max() == 7

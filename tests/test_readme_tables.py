@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cellfcn.machine import cpuinfo
 from cellfcn import schema
 from cellfcn.constants import METRICS, TABLE1_SCHEMA
-from tools import count, magnification, readme_tables, table1
+from cellfcn.machine import cpuinfo
+from tools import object_table, magnification, readme_tables, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def _table1():
              **{k: 0.8 + 0.01 * i for i, k in enumerate(METRICS)}, "auc": 0.97, "tp": 10, "fp": 2, "tn": 80,
              "fn": 3, "ci": {"mcc": [0.8, 0.9]}} for m, s, p in schema.TABLE1_ROWS]
     rows[4].update(threshold=None, auc=None)  # Otsu: per image
-    return {"schema_version": TABLE1_SCHEMA, "inputs_sha256": "ab" * 32, "rows": rows, "paper": table1.PAPER,
+    return {"schema_version": TABLE1_SCHEMA, "inputs_sha256": "ab" * 32, "rows": rows, "paper": evaluate.PAPER,
             "bootstrap": {"replicates": 10, "seed": 0, "unit": "test image"}}
 
 
@@ -35,7 +35,7 @@ def _objects():
     rows = [{"model": m, "name": n, "params": {"threshold": 0.5, "opening_radius": 1, "min_area": 30},
              "val": {"f1": 0.8, "dsb_score": 0.4}, "pooled": pooled, "images": [image], "pixel_mcc": 0.9}
             for m, n in (("before", "ours: before"), ("after", "ours: after"), ("otsu", "Otsu + watershed"))]
-    return {"schema_version": count.OBJECTS_SCHEMA, "val_images": ["v.tif"], "test_images": ["a.tif"], "rows": rows}
+    return {"schema_version": object_table.OBJECTS_SCHEMA, "val_images": ["v.tif"], "test_images": ["a.tif"], "rows": rows}
 
 
 def _magnification():
@@ -135,9 +135,9 @@ def test_write_renders_every_block_and_leaves_the_rest(tmp_path, results, capsys
     machine = f"Machine: {cpuinfo()['model']}, {len(os.sched_getaffinity(0))} logical CPUs; run of 2024-05-06."
     assert text.count(f"<!-- results:machine -->{machine}<!-- /results:machine -->") == 2
     table = _table1()
-    assert f"<!-- results:table1 -->\n{table1.markdown(table['rows'], table['paper'])}<!-- /results:table1 -->" \
+    assert f"<!-- results:table1 -->\n{evaluate.markdown(table['rows'], table['paper'])}<!-- /results:table1 -->" \
         in text
-    assert f"<!-- results:objects -->\n{count.markdown(_objects()['rows'])}<!-- /results:objects -->" in text
+    assert f"<!-- results:objects -->\n{object_table.markdown(_objects()['rows'])}<!-- /results:objects -->" in text
     assert f"\n{magnification.markdown(_magnification())}<!-- /results:magnification -->" in text
     timings = ("| stage | wall time |\n|---|---|\n| data-synthetic | 3.6 s |\n| pretrain | 943.0 s |\n"
                "| contour pretrain | 800.5 s |\n| total | 1747.1 s (29.1 min) |\n")
@@ -190,7 +190,8 @@ def test_a_bad_marker_is_one_line_and_changes_nothing(tmp_path, results, text, p
     ("timings.tsv", "pretrain\tlong\n", "timings.tsv:1: not 'stage<TAB>seconds'"),
     ("eval/table1.json", "{", "cannot read Table 1"),
     ("eval/objects.json", json.dumps({**_objects(), "rows": []}), "rows has no row for model=before"),
-    ("eval/magnification.json", json.dumps({**_magnification(), "rows": [{}]}), "malformed magnification test"),
+    ("eval/magnification.json", json.dumps({**_magnification(), "rows": [{}]}),
+     "magnification test"),
     ("machine.json", "{}", "machine.json lacks cpu"),
 ])
 def test_a_missing_or_bad_result_file_is_one_line(tmp_path, results, name, damage, phrase, capsys):

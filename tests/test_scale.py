@@ -1,4 +1,4 @@
-"""Nucleus size and the resize factor (tools.scale): the diameter measure, the factor a diameter gives, and the
+"""Nucleus size and the resize factor (cellfcn.scale): the diameter measure, the factor a diameter gives, and the
 estimate from an image's own segmentation on drawn nuclei of known size at several magnifications."""
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from tools import scale
+from cellfcn import scale
 
 DATASET_DIAMETER = 20.0  # the training nuclei's median diameter at the net's scale (mnfinder at 0.75: about 20)
 
@@ -35,8 +35,8 @@ def nuclei(shape, radius, n, rng):
 
 
 def classical_measure(image):
-    """``measure(factor)`` of tools.scale.estimate_factor as tools.segment builds it: the normalised image
-    resized by the factor, then tools.scale.classical_diameter."""
+    """``measure(factor)`` of cellfcn.scale.estimate_factor as tools.segment builds it: the normalised image
+    resized by the factor, then cellfcn.scale.classical_diameter."""
     image = image.astype(np.float64) / image.max()
 
     def measure(factor):

@@ -19,7 +19,7 @@ def _row(model, split, protocol, threshold=0.5):
 
 
 def table1(**changes):
-    """A table1.json as tools.table1 writes it: every row figures and report read."""
+    """A table1.json as tools.evaluate writes it: every row figures and report read."""
     rows = [_row(*keys) for keys in schema.TABLE1_ROWS]
     rows[4].update(threshold=None, auc=None)  # Otsu: per image, no ranking
     paper = [{"name": "paper: before fine-tuning", "model": "before", "split": "paper_test",

@@ -12,10 +12,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cellfcn import caffe_env, files
+from cellfcn import caffe_env, files, scale
+from conftest import dataset_manifest
 from prototxt import net as netspec
 from prototxt.net import DEPLOY
-from tools import count, model_params, scale, segment
+from tools import model_params, object_table, segment
 
 OUTPUTS = ("_prob.tif", "_labels.tif", "_overlay.png", ".json")
 PARAMS = {"threshold": 0.5, "opening_radius": 1, "min_area": 10}
@@ -194,12 +195,11 @@ def test_parameters_belong_to_the_model(folder, model, bare_model, tmp_path):
     for bad in ({"scale": -0.5}, {"scale": 0}, {"percentiles": [99, 1]}, {"nucleus_diameter_px": None}):
         parameters = {"scale": 0.5, "percentiles": [1, 99.5], **bad}
         diameter = parameters.pop("nucleus_diameter_px", 20.0)
-        manifest.write_text(json.dumps({"parameters": parameters, "nucleus_diameter_px": diameter}))
+        manifest.write_text(json.dumps(dataset_manifest("real", parameters=parameters, nucleus_diameter_px=diameter)))
         done = _segment(folder, bare_model, tmp_path / "a", "--workers", "0", *EXPLICIT, "--manifest", manifest)
         _one_line_error(done, str(manifest))
     assert not (tmp_path / "a").exists()
-    manifest.write_text(json.dumps({"parameters": {"scale": 0.5, "percentiles": [1, 99.5]},
-                                    "nucleus_diameter_px": 20.0}))
+    manifest.write_text(json.dumps(dataset_manifest("real", parameters={"scale": 0.5, "percentiles": [1, 99.5]})))
     done = _segment(folder, bare_model, tmp_path / "a", "--workers", "0", *EXPLICIT, "--manifest", manifest)
     assert done.returncode == 1 and "1 of 5 images failed" in done.stderr  # the broken file only
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["last_run"]["dataset"]["scale"] == 0.5
@@ -212,19 +212,19 @@ def test_parameters_belong_to_the_model(folder, model, bare_model, tmp_path):
 
 
 def objects_json(out, models):
-    """objects.json as make evaluate writes it (tools.count on a tiny drawn image), its network rows naming
+    """objects.json as make evaluate writes it (tools.object_table on a tiny drawn image), its network rows naming
     ``models``: model key -> (path, validation F1)."""
     labels = np.zeros((40, 40), np.int32)
     labels[5:15, 5:15], labels[20:32, 18:30] = 1, 2
     image = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
     split = {"names": ["drawn"], "images": [image], "labels": [labels]}
     maps = {key: {"val": [image], "test": [image]} for key in models}
-    rows, _ = count.evaluate_objects(maps, split, split)
+    rows, _ = object_table.evaluate_objects(maps, split, split)
     for row in rows:
         if row["model"] in models:
             path, f1 = models[row["model"]]
             row.update(model_path=str(path), val={"f1": f1, "dsb_score": 0.2})
-    count.write_outputs(out, rows, split, split)
+    object_table.write_outputs(out, rows, split, split)
     return out / "objects.json"
 
 

@@ -1,5 +1,5 @@
 """tools.infer (tiles), tools.segment, tools.figures and tools.report with random-weight FCRN-A models on tiny
-datasets; the report reads the outputs of a real tools.table1 run."""
+datasets; the report reads the outputs of a real tools.evaluate run."""
 import json
 import re
 import subprocess
@@ -10,11 +10,13 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import dataset_manifest
+
 from cellfcn import caffe_env
-from data_prep.io import mask_labels
+from cellfcn.images import mask_labels
+from cellfcn.metrics import binary_scores
 from prototxt.net import DEPLOY
 from tools import figures, infer, segment
-from tools.metrics import binary_scores
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_LOG = REPO / "tests" / "data" / "caffe_train.log"
@@ -139,14 +141,14 @@ PARAMS = ["--threshold", "0.5", "--opening", "1", "--min-area", "15"]
 
 def write_manifest(path, scale=1.0):
     """A dataset manifest with what tools.segment reads: its preprocessing and median nucleus diameter."""
-    path.write_text(json.dumps({"parameters": {"scale": scale, "percentiles": [1, 99.5]}, "nucleus_diameter_px": 20}))
+    path.write_text(json.dumps(dataset_manifest("real", parameters={"scale": scale, "percentiles": [1, 99.5]})))
     return path
 
 
 def test_nuclei_are_cut_at_the_net_scale(net):
     from skimage.transform import resize
 
-    from tools import objects as O
+    from cellfcn import objects as O
 
     image, _ = blobs((100, 130), np.random.default_rng(9))
     net_input = resize(image, (75, 98), order=1, preserve_range=True).astype(np.float32)
@@ -188,7 +190,7 @@ def test_cli_writes_maps_labels_and_counts(model, tmp_path):
     import tifffile
     from PIL import Image
 
-    from tools import objects as O
+    from cellfcn import objects as O
 
     rng = np.random.default_rng(4)
     image, _ = blobs((100, 130), rng)
@@ -309,10 +311,9 @@ def fake_runs(root, model):
                 f[f"labels/{i}"] = mask_labels(mask)
                 f[f"images/{i}"].attrs["name"] = f"{split}-data/img{i}.tif"
     for folder, kind, splits in ((syn, "synthetic", {"test": 5}), (real, "real", {"test": len(data)})):
-        manifest = {"kind": kind, "patch_size": P, "seed": 0, "formats": ["hdf5"],
-                    "splits": {s: {"n": n, "cell_fraction": 0.2} for s, n in splits.items()},
-                    "files": {"test.h5": "ab" * 32}, "parameters": {"percentiles": [1.0, 99.8], "scale": 1.0},
-                    "nucleus_diameter_px": 12.0}
+        manifest = dataset_manifest(kind, patch_size=P, splits={s: {"n": n, "cell_fraction": 0.2}
+                                                                for s, n in splits.items()},
+                                    files={"test.h5": "ab" * 32}, nucleus_diameter_px=12.0)
         (folder / "manifest.json").write_text(json.dumps(manifest))
     for stage, ipe in (("pretrain", 4), ("finetune", 2)):
         d = runs / stage
@@ -322,7 +323,7 @@ def fake_runs(root, model):
         (d / "run.json").write_text(json.dumps({"stage": stage, "iters_per_epoch": ipe, "epochs": 6, "seconds": 1.5}))
         (d / "solver.prototxt").write_text('base_lr: 0.01\nlr_policy: "step"\nrandom_seed: 0\n')
     # make evaluate's outputs, written by the real stage.
-    done = subprocess.run([sys.executable, "-m", "tools.table1", "--runs", str(runs), "--data", str(runs / "data"),
+    done = subprocess.run([sys.executable, "-m", "tools.evaluate", "--runs", str(runs), "--data", str(runs / "data"),
                            "--out", str(runs / "eval"), "--bootstrap", "50"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return runs

@@ -330,7 +330,7 @@ def test_cli_writes_images_masks_json_and_preview(tmp_path):
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
         assert np.array_equal(mask == 255, sim.mask)
     grid = np.asarray(Image.open(preview))
-    assert grid.ndim == 3 and grid.shape[0] >= 2 * 96 and (grid == [255, 64, 64]).all(axis=2).any()
+    assert grid.ndim == 3 and grid.shape[0] >= 2 * 96 and (grid == [255, 40, 40]).all(axis=2).any()
     assert sorted(os.listdir(tmp_path)) == ["preview.png", "syn"], "no temporary folders left"
     # The same seed again: byte-identical files. again: byte-identical files.
     again = tmp_path / "again"

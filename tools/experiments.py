@@ -66,17 +66,17 @@ import numpy as np
 from scipy import stats
 
 import cellfcn
-import prototxt
-from cellfcn import cli, files
-from cellfcn.errors import CellfcnError, InputError
+from cellfcn import cli, files, schema
+from cellfcn import metrics as M
+from cellfcn import objects as O
+from cellfcn import parse_log
+from cellfcn.errors import CellfcnError
 from cellfcn.machine import thread_env
+from cellfcn.plotting import save_figure, score_axes
+import prototxt
 from prototxt import net
-from tools import evaluate as E
 from tools import infer
-from tools import metrics as M
-from tools import objects as O
-from tools import parse_log
-from tools.plotting import save_figure, score_axes
+from tools import score as E
 
 SCHEMA = 2
 REPO = Path(__file__).resolve().parents[1]
@@ -331,7 +331,7 @@ def image_counts(pred, label, groups):
 
 
 def postprocess(prob, threshold, opening_radius, min_area):
-    """Threshold each patch, open it with a disk and remove smaller components (``tools.objects.clean_mask``).
+    """Threshold each patch, open it with a disk and remove smaller components (``cellfcn.objects.clean_mask``).
 
     Each 128x128 test patch is processed alone, on exactly the pixels every row is scored on: a nucleus cut
     by the patch edge may fall below ``min_area``, so this underestimates the gain on whole images a little.
@@ -389,7 +389,7 @@ def scoring_code():
     Table 2 is drawn does not rescore every model."""
     functions = (score_model, image_counts, postprocess, choose_postprocess)
     return files.digest([inspect.getsource(f) for f in functions],
-                        [files.sha256_file(m.__file__) for m in (infer, E, M, O)], files.code_digest(cellfcn, prototxt))
+                        [files.sha256_file(m.__file__) for m in (infer, E)], files.code_digest(cellfcn, prototxt))
 
 
 
@@ -974,16 +974,21 @@ def run_set(name, out, gpu=None, n_boot=2000, workers=0, scheduler=None, threads
     return table
 
 
+def _digest_matches(table):
+    return None if table["content_sha256"] == _content_digest(table) else \
+        "does not match the digest it was written with (edited by hand?)"
+
+
+#: What ``table2.json`` holds (:func:`load_table2`): its content is what `make experiments` wrote.
+TABLE2 = schema.Schema("Table 2", SCHEMA, "make experiments", {
+    "set": str, "rows": [dict], "data_efficiency": [dict], "n_runs": schema.integer(0),
+    "train_seconds_total": schema.number(0), "wall_seconds": schema.number(0), "where": str,
+    "content_sha256": str}, check=_digest_matches)
+
+
 def load_table2(path):
     """Read ``table2.json``, check its schema and that its content is what `make experiments` wrote."""
-    table = files.read_json(path, "Table 2 (run `make experiments`)")
-    if not isinstance(table, dict) or table.get("schema_version") != SCHEMA:
-        version = table.get("schema_version") if isinstance(table, dict) else None
-        raise InputError(f"{path} has schema {version}, this version reads {SCHEMA}: run `make experiments` again")
-    if table.get("content_sha256") != _content_digest(table):
-        raise InputError(f"{path} does not match the digest it was written with (edited by hand?): run "
-                         "`make experiments` again to rebuild it from its runs")
-    return table
+    return schema.load(path, TABLE2)
 
 
 def _main(argv=None):

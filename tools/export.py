@@ -252,7 +252,7 @@ def test_input(scale, step, image=None, channel=None, manifest=None):
     if image is not None:
         from skimage.transform import resize
 
-        from data_prep.io import read_array, to_gray
+        from cellfcn.images import read_array, to_gray
 
         gray = to_gray(read_array(image), channel=channel, name=str(image)).astype(np.float32)
         if scale != 1:
@@ -278,13 +278,13 @@ def _cover(prepared, maps, params):
     """RGB picture: the normalised test image beside it with the outlines of the nuclei found (red)."""
     from skimage.measure import label
 
-    from tools import objects
-    from tools.segment import overlay
+    from cellfcn import objects, pictures
 
     labels = objects.instances_from_maps(maps, **params) if params else \
         label(infer.nucleus_probability(maps) >= 0.5)
-    gray = np.repeat((np.clip(prepared, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-    return np.concatenate([gray, overlay(prepared, labels)], axis=1)
+    empty = np.zeros(np.shape(prepared), np.int32)
+    return np.concatenate([pictures.overlay_outlines(prepared, empty), pictures.overlay_outlines(prepared, labels)],
+                          axis=1)
 
 
 def documentation(name, config, diffs):
@@ -293,7 +293,7 @@ def documentation(name, config, diffs):
     params = config["instance_parameters"]
     cut = (f"`make evaluate` chose them on the validation images (`{config['instance_parameters_file']}`): "
            + ", ".join(f"{k} = {v}" for k, v in params.items()) + " (pixels at the net's scale), for "
-           "`tools.objects.instances_from_maps`.") if params else \
+           "`cellfcn.objects.instances_from_maps`.") if params else \
         "None: `make evaluate` had not chosen instance parameters for this model."
     return f"""# {name}
 
@@ -492,7 +492,7 @@ def export(model, out, net=None, manifest=None, image=None, channel=None, name=N
         record = model_params.read_model_params(model)
         dataset, params = record["dataset"], record["params"]
     elif manifest is not None and Path(manifest).is_file():
-        dataset, params = model_params.dataset_preprocessing(files.read_json(manifest, "dataset manifest")), None
+        dataset, params = model_params.read_dataset_preprocessing(manifest), None
     else:
         raise InputError(f"no preprocessing for {model}: neither {model_params.params_path(model).name} "
                          f"(make evaluate) nor a dataset manifest{f' ({manifest} not found)' if manifest else ''}")

@@ -18,10 +18,10 @@ import numpy as np
 
 from cellfcn import cli, schema
 from cellfcn.errors import InputError
-from tools import evaluate as E
-from tools import table1
-from tools.metrics import scores
-from tools.plotting import pyplot, save_figure
+from cellfcn.metrics import scores
+from cellfcn.plotting import pyplot, save_figure
+from tools import evaluate
+from tools import score as E
 
 # Error-map colours: true positive, false positive, false negative (true negative stays black).
 TP, FP, FN = (255, 255, 255), (230, 40, 40), (40, 160, 255)
@@ -162,7 +162,7 @@ def load_probs(eval_dir, name, shape):
 
 def _threshold(table, model, split):
     """The test-optimal threshold of a Table 1 row; an undefined one (NaN) is an error, not a figure."""
-    t = table1.find_row(table, model, split, "test-optimal")["threshold"]
+    t = evaluate.find_row(table, model, split, "test-optimal")["threshold"]
     if t is None or t != t:
         raise InputError(f"Table 1's {model} model has no threshold on {split} (its MCC is undefined at every "
                          "threshold): no best and worst cases to show")

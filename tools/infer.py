@@ -65,7 +65,7 @@ def class_maps(prob):
     -------
     ndarray of float32
         C = 2: the (H, W) nucleus probability. C = 3: (2, H, W), the nucleus probability ``1 - p_background``
-        and the interior probability, what :func:`tools.objects.instances_from_maps` cuts into nuclei.
+        and the interior probability, what :func:`cellfcn.objects.instances_from_maps` cuts into nuclei.
     """
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 3 or prob.shape[0] not in (2, 3):

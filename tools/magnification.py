@@ -5,7 +5,7 @@ and their instance labels are resized by 0.5, 0.67, 1.5 and 2, as if taken at th
 image bilinearly, with anti-aliasing when shrinking; the labels as ``data_prep`` resizes them). The images of
 each magnification are segmented as ``make segment`` segments a folder (:mod:`tools.segment`: the model's own
 parameters), twice: with ``--diameter auto`` (the run's factor from the images' own estimates,
-:mod:`tools.scale`) and with the known factor, the dataset's scale divided by the magnification; magnification
+:mod:`cellfcn.scale`) and with the known factor, the dataset's scale divided by the magnification; magnification
 1 at the dataset's factor is the native reference. Per magnification: the run's factor and the images' own
 estimates against the true factor, and object F1 at IoU 0.5 and the DSB score pooled over the images, with the
 estimate and with the known factor. Each image's ``ideal_factor``, the dataset's diameter over the median
@@ -15,6 +15,7 @@ Writes ``<out>/magnification.json`` and ``magnification.md``; a rerun with the s
 and code finds them up to date.
 """
 import argparse
+import math
 import os
 import sys
 import time
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cellfcn import cli, files
+from cellfcn import cli, files, schema
+from cellfcn import objects as O
+from cellfcn import scale
 from cellfcn.errors import CellfcnError, InputError
-from tools import count, infer, model_params, scale, segment
-from tools import objects as O
+from tools import object_table, infer, model_params, segment
 
 MAGNIFICATIONS = (0.5, 0.67, 1.5, 2.0)
 SCHEMA = 1
@@ -76,7 +78,7 @@ def ideal_factor(labels, dataset_diameter):
 def wheel_test_images(wheel, max_images=None):
     """(name, raw gray image, instance labels) of the wheel's test pairs, in name order."""
     from data_prep import mnfinder
-    from data_prep.io import to_gray
+    from cellfcn.images import to_gray
 
     pairs = mnfinder.list_pairs(mnfinder.check_wheel(wheel))["test"][:max_images]
     return [(name, to_gray(image, name=name), labels)
@@ -85,7 +87,7 @@ def wheel_test_images(wheel, max_images=None):
 
 def _pooled(scores):
     pooled = O.pooled_object_scores(scores)
-    return {k: count.number(pooled[k]) for k in ("n_gt", "n_pred", "f1", "dsb_score", "mean_rel_count_error")}
+    return {k: object_table.number(pooled[k]) for k in ("n_gt", "n_pred", "f1", "dsb_score", "mean_rel_count_error")}
 
 
 def evaluate(net, images, settings, magnifications=MAGNIFICATIONS):
@@ -104,7 +106,7 @@ def evaluate(net, images, settings, magnifications=MAGNIFICATIONS):
     -------
     dict
         ``native``: the scores at magnification 1 with the dataset's factor; ``rows``: one per magnification
-        (1 first): ``true_factor``, the run's estimated ``factor`` (:func:`tools.scale.run_factor` of the images'
+        (1 first): ``true_factor``, the run's estimated ``factor`` (:func:`cellfcn.scale.run_factor` of the images'
         own estimates, as ``make segment`` chooses it for a folder), the images' own estimates against the true
         factor, ``auto`` and ``known`` scores, and ``per_image`` records.
     """
@@ -123,13 +125,13 @@ def evaluate(net, images, settings, magnifications=MAGNIFICATIONS):
         for (name, image, truth), estimate in zip(magnified, own):
             record = {"image": name, "n_gt": int(len(np.unique(truth[truth > 0]))),
                       "own_factor": estimate["factor"] if estimate["estimated"] else None,
-                      "ideal_factor": count.number(ideal_factor(truth, dataset["nucleus_diameter_px"]))}
+                      "ideal_factor": object_table.number(ideal_factor(truth, dataset["nucleus_diameter_px"]))}
             for key, used in (("auto", factor), ("known", true)):
                 prepared = segment.prepare(image, None, name, used, dataset["percentiles"])
                 found = segment.segment_prepared(net, *prepared, settings["params"], settings["tile"])[1]
                 result = O.object_scores(truth, found)
                 scores[key].append(result)
-                record[key] = {"f1": count.number(result["f1"]), "n_pred": result["n_pred"]}
+                record[key] = {"f1": object_table.number(result["f1"]), "n_pred": result["n_pred"]}
             per_image.append(record)
             steps.update()
         ratios = np.array([r["own_factor"] / true for r in per_image if r["own_factor"] is not None])
@@ -175,6 +177,27 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def _range(value):
+    return None if value is None else schema.interval(0, math.inf)(value)
+
+
+_F1_DSB = {"f1": schema.number(0, 1, null=True), "dsb_score": schema.number(0, 1, null=True)}
+#: What ``magnification.json`` holds (:func:`load_result`), as :func:`markdown` reads it.
+RESULT = schema.Schema("magnification test", SCHEMA, "make evaluate", {
+    "model": str, "machine": str,
+    "rows": [{"magnification": schema.positive(), "true_factor": schema.positive(), "factor": schema.positive(),
+              "factor_ratio": schema.positive(), "own_ratio_median": schema.number(0, null=True),
+              "own_ratio_range": _range, "own_within_goal": schema.integer(0),
+              "auto": {**_F1_DSB, "n_gt": schema.integer(0)}, "known": _F1_DSB, "per_image": [dict],
+              "f1_auto_minus_native": schema.number(-1, 1, null=True)}]},
+    check=lambda result: None if result["rows"] else "rows is empty")
+
+
+def load_result(path):
+    """A magnification test's ``magnification.json``, checked (:data:`RESULT`)."""
+    return schema.load(path, RESULT)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.magnification", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -199,7 +222,7 @@ def parse_args(argv=None):
 
 def run(args):
     """Run the test, write its files and return the Markdown table (or the up-to-date one)."""
-    import data_prep
+    import cellfcn
     import tools
 
     out = Path(args.out)
@@ -212,7 +235,7 @@ def run(args):
     record = model_params.read_model_params(model)
     settings = {"params": record["params"], "dataset": record["dataset"], "channel": None, "tile": args.tile}
     key = files.digest(record["model_sha256"], settings, files.sha256_file(args.wheel), args.max_images,
-                       list(MAGNIFICATIONS), files.code_digest(tools, data_prep))
+                       list(MAGNIFICATIONS), files.code_digest(cellfcn, tools))
     path = out / "magnification.json"
     if not args.force and path.is_file() and (out / "magnification.md").is_file():
         try:

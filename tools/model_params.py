@@ -6,14 +6,18 @@ and the preprocessing of the dataset it was trained on (resize factor, normalisa
 nucleus diameter at the net's scale). ``make segment MODEL=x`` reads x's own file, so parameters chosen for one
 model are never applied to another.
 """
-import math
 from pathlib import Path
 
-from cellfcn import files
+from cellfcn import files, schema
 from cellfcn.errors import InputError
 
 SCHEMA = 1
 SUFFIX = ".params.json"
+#: The preprocessing a model was trained with, as segmentation needs it.
+DATASET = {"scale": schema.positive(16), "percentiles": schema.ordered_pair(0, 100),
+           "nucleus_diameter_px": schema.positive()}
+PARAMS = schema.Schema("instance parameters", SCHEMA, "make evaluate",
+                       {"model_sha256": str, "params": dict, "val": dict, "dataset": DATASET, "chosen_on": str})
 
 
 def params_path(model):
@@ -21,40 +25,28 @@ def params_path(model):
     return Path(str(model) + SUFFIX)
 
 
-def dataset_preprocessing(manifest):
-    """``scale``, ``percentiles`` and ``nucleus_diameter_px`` of a data_prep dataset, from its manifest dict.
+def dataset_preprocessing(manifest, where="dataset manifest"):
+    """``scale``, ``percentiles`` and ``nucleus_diameter_px`` of a data_prep dataset, from its manifest
+    (:func:`cellfcn.schema.load_dataset`; a synthetic dataset has no scale: its images' own size, 1).
 
     Raises
     ------
     InputError
-        A manifest without percentiles (not data_prep's), or a scale or diameter that is not a positive number.
+        A manifest that is not data_prep's (:data:`cellfcn.schema.DATASET`), or a dataset without a measured
+        nucleus diameter (no nucleus in its training images).
     """
-    params = manifest.get("parameters", {})
-    if "percentiles" not in params:
-        raise InputError("dataset manifest has no parameters.percentiles (not a data_prep manifest?)")
-    # Only the synthetic datasets are made at their images' own size; a real one without its scale is not
-    # taken to mean 1.
-    if "scale" not in params and manifest.get("kind") != "synthetic":
-        raise InputError("dataset manifest has no parameters.scale (rebuild the dataset: make data)")
-    out = {"scale": params.get("scale", 1.0), "percentiles": [float(p) for p in params["percentiles"]],
-           "nucleus_diameter_px": manifest.get("nucleus_diameter_px")}
-    _check_dataset(out, "dataset manifest")
-    return out
+    where = f"{where} (rebuild it: make data)"
+    schema.require(manifest, schema.DATASET, where)
+    out = {"scale": manifest["parameters"].get("scale", 1.0), "percentiles": manifest["parameters"]["percentiles"],
+           "nucleus_diameter_px": manifest["nucleus_diameter_px"]}
+    schema.require(out, DATASET, where)
+    return {**out, "percentiles": [float(p) for p in out["percentiles"]]}
 
 
-def _positive(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _check_dataset(dataset, where):
-    if not _positive(dataset.get("scale")) or dataset["scale"] > 16:
-        raise InputError(f"{where}: scale must be a number in (0, 16], got {dataset.get('scale')!r}")
-    low, high = dataset.get("percentiles") or (None, None)
-    if not (_positive(high) and isinstance(low, (int, float)) and 0 <= low < high <= 100):
-        raise InputError(f"{where}: percentiles must be 0 <= low < high <= 100, got {dataset.get('percentiles')!r}")
-    if not _positive(dataset.get("nucleus_diameter_px")):
-        raise InputError(f"{where}: nucleus_diameter_px must be a positive number, got "
-                         f"{dataset.get('nucleus_diameter_px')!r} (rebuild the dataset: make data)")
+def read_dataset_preprocessing(path):
+    """:func:`dataset_preprocessing` of the dataset manifest at ``path``, read by
+    :func:`cellfcn.schema.load_dataset`; every problem names the file."""
+    return dataset_preprocessing(schema.load_dataset(path), f"dataset manifest {path}")
 
 
 def write_model_params(model, params, *, val, dataset, chosen_on):
@@ -65,7 +57,7 @@ def write_model_params(model, params, *, val, dataset, chosen_on):
     model : path
         The ``.caffemodel`` the parameters were chosen for.
     params : dict
-        Keyword arguments of :func:`tools.objects.instances_from_maps`.
+        Keyword arguments of :func:`cellfcn.objects.instances_from_maps`.
     val : dict
         Validation scores of the chosen setting (``f1``, ``dsb_score``; None where undefined).
     dataset : dict
@@ -73,10 +65,9 @@ def write_model_params(model, params, *, val, dataset, chosen_on):
     chosen_on : str
         What the parameters were chosen on (the validation file).
     """
-    _check_dataset(dataset, "dataset")
-    files.write_json(params_path(model), {"schema_version": SCHEMA, "model_sha256": files.sha256_file(model),
-                                          "params": dict(params), "val": dict(val), "dataset": dict(dataset),
-                                          "chosen_on": str(chosen_on)})
+    record = {"schema_version": SCHEMA, "model_sha256": files.sha256_file(model), "params": dict(params),
+              "val": dict(val), "dataset": dict(dataset), "chosen_on": str(chosen_on)}
+    files.write_json(params_path(model), schema.require(record, PARAMS, "instance parameters"))
 
 
 def read_model_params(model):
@@ -97,14 +88,8 @@ def read_model_params(model):
     if not path.is_file():
         raise InputError(f"no instance parameters chosen for {model}: run `make evaluate` for it, or give "
                          "--threshold/--opening/--min-area")
-    record = files.read_json(path, "model parameters (run `make evaluate`)")
-    if record.get("schema_version") != SCHEMA:
-        raise InputError(f"{path} has schema {record.get('schema_version')}, this version reads {SCHEMA}: run "
-                         "`make evaluate` again")
-    if record.get("model_sha256") != files.sha256_file(model):
-        raise InputError(f"{path} was chosen for another model (SHA-256 {str(record.get('model_sha256'))[:12]}...), "
+    record = schema.load(path, PARAMS)
+    if record["model_sha256"] != files.sha256_file(model):
+        raise InputError(f"{path} was chosen for another model (SHA-256 {record['model_sha256'][:12]}...), "
                          f"not {model}: run `make evaluate` for this model")
-    if not isinstance(record.get("params"), dict) or not isinstance(record.get("dataset"), dict):
-        raise InputError(f"{path}: no params/dataset objects: run `make evaluate` again")
-    _check_dataset(record["dataset"], str(path))
     return record

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from cellfcn import cli, files
-from tools.parse_log import read_log
-from tools.plotting import pyplot, save_figure
+from cellfcn.parse_log import read_log
+from cellfcn.plotting import pyplot, save_figure
 
 _STAGE_SHADES = ("#f2f2f2", "#ffffff")
 
@@ -42,7 +42,7 @@ def load_stages(log_paths, iters_per_epoch=None, labels=None):
     Returns
     -------
     list of dict
-        ``label``, ``train``, ``test`` (as from :func:`tools.parse_log.parse_log`), ``iters_per_epoch``.
+        ``label``, ``train``, ``test`` (as from :func:`cellfcn.parse_log.parse_log`), ``iters_per_epoch``.
     """
     stages = []
     for i, path in enumerate(log_paths):

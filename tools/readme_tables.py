@@ -2,14 +2,15 @@
 
 Two steps. ``--collect RUNS`` copies the files of a run that the README shows into the committed folder
 ``results/``, at their paths under ``RUNS`` (``eval/table1.json``, ``eval/objects.json``, ``timings.tsv``;
-``net-contour/timings.tsv`` and ``eval/magnification.json`` when the run has them), each checked first, and
+``net-contour/timings.tsv``, ``eval/magnification.json`` and ``experiments/table2.json`` when the run has them), each checked first, and
 writes ``results/machine.json``: the CPU, its logical cores and the date of the run's newest file. The
 machine is read where ``--collect`` runs: collect on the machine that made the run.
 
 ``--write README.md`` (the default) replaces the text between every ``<!-- results:NAME -->`` and
 ``<!-- /results:NAME -->`` of the README with NAME rendered from ``results/``: ``table1`` (the table `make
 evaluate` prints), ``objects`` (the object-level table), ``timings`` (each stage's wall time and the total),
-``magnification`` (the magnification test, with its caption) and ``machine`` (one line: the machine and the
+``magnification`` (the magnification test, with its caption), ``table2`` (Table 2 of `make experiments`
+with its caption, findings and times) and ``machine`` (one line: the machine and the
 date, to put under a table's caption). A block whose opening marker ends its line is a Markdown block; one
 that goes on in the same line is inline text. A name may appear more than once; a marker quoted as code (in
 backticks or a fenced block) is text. ``--check`` writes nothing and names each block that differs from what
@@ -22,17 +23,17 @@ import shutil
 import sys
 from pathlib import Path
 
-from cellfcn.machine import cpuinfo
 from cellfcn import cli, files
 from cellfcn.errors import InputError
-from tools import count, magnification, table1
+from cellfcn.machine import cpuinfo
+from tools import evaluate, experiments, magnification, object_table
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "results"
 #: The run's files the README shows, by their path under RUNS (and under results/): required, then optional.
 REQUIRED = ("eval/table1.json", "eval/objects.json", "timings.tsv")
-OPTIONAL = ("net-contour/timings.tsv", "eval/magnification.json")
+OPTIONAL = ("net-contour/timings.tsv", "eval/magnification.json", "experiments/table2.json")
 MACHINE = "machine.json"
 MARKER = re.compile(r"<!--\s*(/?)results:([^\s>]*)\s*-->")
 FENCE = re.compile(r"^```.*?^```", flags=re.M | re.S)
@@ -68,19 +69,6 @@ def read_timings(path):
     return rows
 
 
-def read_magnification(path):
-    """``magnification.json`` of :mod:`tools.magnification`, checked for the schema its Markdown reads."""
-    result = files.read_json(path, "magnification test")
-    what = "run `python -m tools.magnification` again"
-    if not isinstance(result, dict) or result.get("schema_version") != magnification.SCHEMA:
-        raise InputError(f"{path}: not a magnification test of schema {magnification.SCHEMA}: {what}")
-    try:
-        magnification.markdown(result)
-    except (KeyError, IndexError, TypeError, ValueError) as err:
-        raise InputError(f"{path}: malformed magnification test ({type(err).__name__}: {err}): {what}") from None
-    return result
-
-
 def read_machine(path):
     """``results/machine.json``, checked for the keys :func:`machine_line` reads."""
     record = files.read_json(path, f"machine record ({REBUILD})")
@@ -90,9 +78,10 @@ def read_machine(path):
 
 
 #: How each file is read, by its path under results/ (and RUNS: collect refuses a file its renderer would).
-LOADERS = {"eval/table1.json": table1.load_table, "eval/objects.json": count.load_objects,
+LOADERS = {"eval/table1.json": evaluate.load_table, "eval/objects.json": object_table.load_objects,
            "timings.tsv": read_timings, "net-contour/timings.tsv": read_timings,
-           "eval/magnification.json": read_magnification, MACHINE: read_machine}
+           "eval/magnification.json": magnification.load_result, "experiments/table2.json": experiments.load_table2,
+           MACHINE: read_machine}
 
 
 # ------------------------------------------------------------------------------------------- collect
@@ -161,19 +150,19 @@ def _load(results, name):
     """File ``name`` of ``results``, read by its loader."""
     path = Path(results) / name
     if not path.is_file():
-        made_by = " (the run needs `python -m tools.magnification --out RUNS/eval` first)" \
-            if name == "eval/magnification.json" else ""
+        made_by = {"eval/magnification.json": " (the run needs `python -m tools.magnification --out RUNS/eval` first)",
+                   "experiments/table2.json": " (the run needs `make experiments RUNS=...` first)"}.get(name, "")
         raise InputError(f"{path} not found: {REBUILD}{made_by}")
     return LOADERS[name](path)
 
 
 def _render_table1(results):
     table = _load(results, "eval/table1.json")
-    return table1.markdown(table["rows"], table["paper"])
+    return evaluate.markdown(table["rows"], table["paper"])
 
 
 def _render_objects(results):
-    return count.markdown(_load(results, "eval/objects.json")["rows"])
+    return object_table.markdown(_load(results, "eval/objects.json")["rows"])
 
 
 def _render_timings(results):
@@ -187,12 +176,16 @@ def _render_magnification(results):
     return magnification.markdown(_load(results, "eval/magnification.json"))
 
 
+def _render_table2(results):
+    return experiments.markdown(_load(results, "experiments/table2.json"))
+
+
 def _render_machine(results):
     return machine_line(_load(results, MACHINE))
 
 
 RENDERERS = {"table1": _render_table1, "objects": _render_objects, "timings": _render_timings,
-             "magnification": _render_magnification, "machine": _render_machine}
+             "magnification": _render_magnification, "table2": _render_table2, "machine": _render_machine}
 
 
 def blocks(text, where="README.md"):

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 
 import cellfcn
-import tools
 from cellfcn import caffe_env, cli, files, schema
-from cellfcn.machine import cpuinfo
 from cellfcn.constants import STAGES
 from cellfcn.errors import CaffeNotFound, InputError
-from tools import evaluate as E
+from cellfcn.machine import cpuinfo
+import tools
 from tools import experiments
+from tools import score as E
 
 EXPERIMENT_FILES = ("table2.json", "data_efficiency.png", "finetune_curves.png")
 
@@ -161,7 +161,7 @@ def _fmt(value, digits=3):
 
 
 def table1_section(doc, table):
-    """Table 1: the paper's rows and ours with their 95% intervals (the one rendering, tools.evaluate's)."""
+    """Table 1: the paper's rows and ours with their 95% intervals (the one rendering, tools.score's)."""
     doc.h(2, "Table 1: before and after fine-tuning")
     doc.p("`t* on test` is the paper's protocol (the MCC-optimal threshold on the test set itself); `t from val` "
           "takes the MCC-optimal threshold of the validation split and applies it to the test set; the Otsu "
@@ -223,19 +223,19 @@ def figures_section(doc, runs, data, out):
 
 def objects_section(doc, runs):
     """Counting cells: the object-level companion of Table 1 (``objects.json``, written by make evaluate)."""
-    from tools import count
+    from tools import object_table
 
-    table = count.load_objects(Path(runs) / "eval" / "objects.json")
+    table = object_table.load_objects(Path(runs) / "eval" / "objects.json")
     doc.h(2, "Counting cells (object level)")
     doc.p("The report's motivation is counting cells, and pixel scores do not say whether the counts are right: "
           "two touching nuclei segmented as one blob cost few pixels but one cell. So the probability maps are "
           "cut into nuclei (threshold, the report's opening and minimum-area step, then a marker-based "
           "watershed on the distance transform that splits touching nuclei) and every found nucleus is "
           "matched one-to-one to a true one (Hungarian algorithm on the IoU). " +
-          count.caption(len(table["test_images"]), len(table["val_images"])).strip() +
+          object_table.caption(len(table["test_images"]), len(table["val_images"])).strip() +
           " The Otsu row thresholds each image by Otsu's method and uses the same watershed. For reference, "
           "StarDist's demo model reports F1 0.91 at IoU 0.5 on the DSB2018 fluorescence subset (other images).")
-    lines = count.markdown(table["rows"]).splitlines()
+    lines = object_table.markdown(table["rows"]).splitlines()
     split = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     doc.table(split[0], split[2:])
 
@@ -345,7 +345,7 @@ def configuration_section(doc, runs):
 def data_section(doc, data):
     doc.h(2, "Datasets: seeds and hashes")
     for kind in ("synthetic", "real"):
-        manifest = files.read_json(Path(data) / kind / "manifest.json", "dataset manifest")
+        manifest = schema.load_dataset(Path(data) / kind / "manifest.json")
         splits = manifest.get("splits", {})
         doc.h(3, f"{kind}: seed {manifest.get('seed')}, patch {manifest.get('patch_size')}, "
                  f"formats {', '.join(manifest.get('formats', []))}")

@@ -3,7 +3,7 @@
 Every TIFF/PNG image of the input folders (or the files named) is prepared like the training data
 (``data_prep``: one channel, percentile normalisation, a resize factor), run through the net in tiles by
 :mod:`tools.infer` (whose weight check refuses a model of another net) and cut into nuclei by
-:func:`tools.objects.instances_from_maps` at the net's scale; maps and labels are then resized back to the
+:func:`cellfcn.objects.instances_from_maps` at the net's scale; maps and labels are then resized back to the
 file's size.
 
 - **The model's own parameters.** The instance parameters and the dataset's preprocessing (resize factor,
@@ -17,7 +17,7 @@ file's size.
   is never imported. Parameters and preprocessing come from the package's ``config.cellfcn``; a package
   exported before ``make evaluate`` chose instance parameters needs the explicit ones (a bare ``.onnx`` also
   ``--manifest``). The engine is part of the settings digest: a rerun with the other engine segments again.
-- **Any magnification** (:mod:`tools.scale`). ``--diameter auto`` (default): every image's nucleus size is
+- **Any magnification** (:mod:`cellfcn.scale`). ``--diameter auto`` (default): every image's nucleus size is
   measured first (a classical segmentation, no net) and the run's resize factor is the median of the images'
   estimates, the dataset's own factor when that is within 15% of it (images like the training data);
   ``--diameter <px>``: the typical nucleus diameter of the images in their own pixels sets the factor (the
@@ -54,12 +54,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cellfcn import cli, files
+from cellfcn import cli, files, pictures, scale, schema
+from cellfcn import objects as O
 from cellfcn.constants import PCT_HIGH, PCT_LOW, STRIDE
 from cellfcn.errors import CellfcnError, InputError
 from cellfcn.machine import thread_env
-from tools import infer, model_params, onnx_engine, scale
-from tools import objects as O
+from tools import infer, model_params, onnx_engine
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 CSV_FIELDS = ("file", "status", "cells", "mean_area_px", "median_area_px", "min_area_px", "max_area_px",
@@ -68,6 +68,9 @@ CSV_FIELDS = ("file", "status", "cells", "mean_area_px", "median_area_px", "min_
 OUTPUT_ENDS = ("_prob.tif", "_labels.tif", "_overlay.png")
 FOLDER_MANIFEST = "manifest.json"
 FOLDER_SCHEMA = 1
+#: What an output folder's ``manifest.json`` holds: the record of each image's outputs, by stem.
+FOLDER = schema.Schema("segment output manifest", FOLDER_SCHEMA, "make segment", {"images": schema.Mapping(dict)},
+                       remedy="it was not written by this version of make segment: choose another OUT folder")
 LOCK = ".segment.lock"
 # One BLAS thread per process: n processes on n cores, not n x n threads; also the serial path, for identical
 # outputs (set before pycaffe loads libopenblas, which reads it once).
@@ -97,7 +100,7 @@ def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PC
         Normalised, then resized by ``scale`` (``data_prep.real.prepare_pair``: the same function that made
         the training patches).
     """
-    from data_prep.io import to_gray
+    from cellfcn.images import to_gray
     from data_prep.normalize import normalize_percentile
     from data_prep.real import prepare_pair
 
@@ -107,19 +110,6 @@ def prepare(raw, channel=None, name="image", scale=1.0, percentiles=(PCT_LOW, PC
         return image, image
     net_input = prepare_pair(gray, np.zeros(gray.shape, np.uint8), name, scale=scale, pct=tuple(percentiles))[0]
     return image, net_input
-
-
-def overlay(image, labels, truth=None):
-    """RGB uint8 picture of ``image`` (in [0, 1]) with the outline of every instance of ``labels`` in red
-    (touching nuclei show their shared border) and, optionally, those of the ``truth`` labels in green."""
-    from skimage.segmentation import find_boundaries
-
-    gray = (np.clip(np.asarray(image, dtype=np.float64), 0, 1) * 255).round().astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    if truth is not None:
-        rgb[find_boundaries(np.asarray(truth), mode="inner")] = (0, 220, 0)
-    rgb[find_boundaries(np.asarray(labels), mode="inner")] = (255, 40, 40)
-    return rgb
 
 
 def save_outputs(out, stem, image, prob, labels, truth=None):
@@ -139,13 +129,13 @@ def save_outputs(out, stem, image, prob, labels, truth=None):
         tmp = {key: stack.enter_context(files.atomic_file(Path(out) / name)) for key, name in names.items()}
         tifffile.imwrite(tmp["prob"], np.asarray(prob, dtype=np.float32), photometric="minisblack")
         tifffile.imwrite(tmp["labels"], np.asarray(labels, dtype=np.int32), photometric="minisblack")
-        Image.fromarray(overlay(image, labels, truth)).save(tmp["overlay"], format="PNG")
+        Image.fromarray(pictures.overlay_outlines(image, labels, truth)).save(tmp["overlay"], format="PNG")
     return names
 
 
 def area_stats(labels):
     """Count and size of the nuclei of an instance label image (areas and diameters in pixels of the written
-    image; the median diameter as :func:`tools.scale.median_diameter` measures it)."""
+    image; the median diameter as :func:`cellfcn.scale.median_diameter` measures it)."""
     labels = np.asarray(labels)
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
@@ -173,7 +163,7 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=inf
     net_input : (h, w) float32 in [0, 1]
         What the net sees (:func:`prepare`).
     params : dict
-        Keyword arguments of :func:`tools.objects.instances_from_maps`.
+        Keyword arguments of :func:`cellfcn.objects.instances_from_maps`.
     tile : int
     forward : callable
         ``forward(net, window)`` (:func:`tools.infer.segment_image`): Caffe's, or
@@ -186,7 +176,7 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=inf
     labels : (H, W) int32
         Nuclei 1..n in raster order.
     """
-    from data_prep.io import relabel_raster_order
+    from cellfcn.images import relabel_raster_order
 
     maps = infer.segment_image(net, net_input, tile=tile, forward=forward)
     labels = O.instances_from_maps(maps, **params)
@@ -201,8 +191,8 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=inf
 
 
 def estimate_raw(raw, name, settings):
-    """The image's own resize factor (:func:`tools.scale.estimate_factor` with
-    :func:`tools.scale.classical_diameter`, no net), from the ``dataset``'s factor and nucleus diameter.
+    """The image's own resize factor (:func:`cellfcn.scale.estimate_factor` with
+    :func:`cellfcn.scale.classical_diameter`, no net), from the ``dataset``'s factor and nucleus diameter.
 
     Parameters
     ----------
@@ -216,7 +206,7 @@ def estimate_raw(raw, name, settings):
     Returns
     -------
     dict
-        :func:`tools.scale.estimate_factor`'s result.
+        :func:`cellfcn.scale.estimate_factor`'s result.
     """
     dataset = settings["dataset"]
 
@@ -269,10 +259,10 @@ def _net(settings):
 
 def code_digest():
     """Digest of the code that makes the outputs."""
-    import data_prep
+    import cellfcn
     import tools
 
-    return files.code_digest(tools, data_prep)
+    return files.code_digest(cellfcn, tools)
 
 
 def run_digest(settings):
@@ -323,7 +313,7 @@ def estimate_file(path, stem, settings, _=None):
         ``file``, ``status`` ('done' or 'failed'), ``key``, and :func:`estimate_raw`'s ``factor``,
         ``estimated``, ``converged``, ``diameter_px`` (None when unmeasured) and ``passes``; or ``error``.
     """
-    from data_prep.io import read_array
+    from cellfcn.images import read_array
 
     try:
         key = files.digest(settings["estimate_digest"], files.sha256_file(path))
@@ -358,11 +348,11 @@ def segment_file(path, stem, settings, estimate=None):
     dict
         The ``counts.csv`` row: ``file``, ``status`` ('done', 'skipped' (done before with the same digest,
         outputs intact) or 'failed'), the :func:`area_stats`, ``height``, ``width``, ``channel`` (which channel
-        of the file was segmented, :func:`data_prep.io.gray_channel`), ``factor``,
+        of the file was segmented, :func:`cellfcn.images.gray_channel`), ``factor``,
         ``factor_estimated``, ``image_estimate``, ``error``. A bad image gives a 'failed' row, never an
         exception.
     """
-    from data_prep.io import gray_channel, read_array
+    from cellfcn.images import gray_channel, read_array
 
     out = Path(settings["out"])
     record_path = out / f"{stem}.json"
@@ -499,11 +489,7 @@ def read_folder_manifest(out):
                              f"{', ...' if len(visible) > 3 else ''}; no {FOLDER_MANIFEST}): choose an empty or "
                              "new output folder")
         return {"schema_version": FOLDER_SCHEMA, "images": {}}
-    manifest = files.read_json(path, "segment output manifest")
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != FOLDER_SCHEMA \
-            or not isinstance(manifest.get("images"), dict):
-        raise InputError(f"{path} is not a manifest this version of tools.segment wrote: choose another --out")
-    return manifest
+    return schema.load(path, FOLDER)
 
 
 def check_sources(manifest, images, out):
@@ -555,7 +541,7 @@ def make_settings(args, model, params, dataset, params_from):
 
 
 def choose_factor(settings, estimates):
-    """Set the run's factor from the images' own estimates (:func:`tools.scale.run_factor`) and the digest."""
+    """Set the run's factor from the images' own estimates (:func:`cellfcn.scale.run_factor`) and the digest."""
     factor, estimated = scale.run_factor([e["factor"] if e.get("estimated") else None for e in estimates],
                                          settings["dataset"]["scale"])
     n = sum(bool(e.get("estimated")) for e in estimates)
@@ -656,7 +642,7 @@ def best_model(objects):
     InputError
         A missing or malformed file, or no row that names a model with a validation F1.
     """
-    from tools.count import load_objects
+    from tools.object_table import load_objects
 
     def number(value):
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
@@ -692,12 +678,8 @@ def package_record(package):
     if Path(package).suffix == ".onnx":
         return None
     config = onnx_engine.package_config(package)
-    try:  # the checks of a dataset manifest's preprocessing
-        dataset = model_params.dataset_preprocessing({
-            "parameters": {"scale": config["scale"], "percentiles": config["percentiles"]},
-            "nucleus_diameter_px": config.get("nucleus_diameter_px")})
-    except InputError as err:
-        raise InputError(f"{package}: config.cellfcn ({err})") from None
+    dataset = {k: config.get(k) for k in model_params.DATASET}  # a model's preprocessing, as the manifest's
+    schema.require(dataset, model_params.DATASET, f"{package}: config.cellfcn")
     return {"params": config.get("instance_parameters"), "dataset": dataset}
 
 
@@ -713,7 +695,7 @@ def resolve_params(args, model, classes):
     Returns
     -------
     params : dict
-        Keyword arguments of :func:`tools.objects.instances_from_maps`.
+        Keyword arguments of :func:`cellfcn.objects.instances_from_maps`.
     dataset : dict
         ``scale``, ``percentiles``, ``nucleus_diameter_px``.
     params_from : str
@@ -747,10 +729,7 @@ def resolve_params(args, model, classes):
         lacks = source.name
     manifest = None
     if args.manifest:
-        try:
-            manifest = model_params.dataset_preprocessing(files.read_json(args.manifest, "dataset manifest"))
-        except InputError as err:
-            raise InputError(f"{args.manifest}: {err}") from None
+        manifest = model_params.read_dataset_preprocessing(args.manifest)
     if record is not None:
         dataset = record["dataset"]
         if manifest is not None and manifest != dataset:

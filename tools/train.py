@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from cellfcn import caffe_env, cli, files
+from cellfcn import caffe_env, cli, files, schema
 from cellfcn.constants import FORMATS, MANIFEST, STAGES, TEST_SPLIT
 from cellfcn.errors import CellfcnError, InputError
 from prototxt import net
@@ -39,12 +39,12 @@ def load_manifest(data_dir, fmt, test_split, variant=net.DEFAULT):
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise TrainError(f"dataset not found: {path} (run 'make data')")
-    manifest = files.read_json(path, "dataset manifest")
-    if fmt not in manifest.get("formats", []):
+    manifest = schema.load_dataset(path)
+    if fmt not in manifest["formats"]:
         raise TrainError(f"dataset {data_dir} has no {fmt} files (formats: {manifest.get('formats')})")
-    splits = manifest.get("splits", {})
+    splits = manifest["splits"]
     for split in ("train", test_split):
-        if split not in splits or splits[split].get("n", 0) < 1:
+        if split not in splits or splits[split]["n"] < 1:
             raise TrainError(f"dataset {data_dir} has no '{split}' split")
         for name in net.dataset_files(split, fmt, variant):
             if not (Path(data_dir) / name).is_file():

@@ -17,7 +17,7 @@ outlines give many spurious peaks. The defaults were picked on that check (test 
 network output. Connected components, plateaus, domes and the watershed all use 8-connectivity, so the
 instances cover the cleaned mask exactly.
 
-Ground-truth instances come with the dataset: ``data_prep.io.mask_labels`` (colour-coded masks such as
+Ground-truth instances come with the dataset: ``cellfcn.images.mask_labels`` (colour-coded masks such as
 mnfinder's, instance labels, or the connected components of a binary mask), stored as ``labels/<i>`` in
 ``<split>_full.h5``.
 
@@ -44,7 +44,7 @@ from skimage.measure import label as label_regions
 from skimage.morphology import disk, local_maxima, reconstruction
 from skimage.segmentation import watershed
 
-from data_prep.io import relabel_raster_order
+from cellfcn.images import relabel_raster_order
 
 #: IoU thresholds of the Data Science Bowl 2018 score: 0.5, 0.55, ..., 0.95.
 DSB_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -677,3 +677,15 @@ def choose_instance_params(maps_list, gt_labels_list, thresholds=(0.3, 0.5, 0.7)
                     if best is None or (row["f1"], row["dsb_score"]) > (best["f1"], best["dsb_score"]):
                         best, best_pooled, best_params = row, pooled, params
     return {"params": best_params, "scores": best_pooled, "grid": grid}
+
+
+def otsu_threshold(image):
+    """Otsu's threshold of one image (its maximum for a constant image, so nothing is foreground)."""
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(image)) if np.ptp(image) > 0 else float(image.max())
+
+
+def otsu_maps(images):
+    """The Otsu baseline as probability maps: 1.0 where ``image > otsu_threshold(image)``, else 0.0."""
+    return [(image > otsu_threshold(image)).astype(np.float32) for image in images]

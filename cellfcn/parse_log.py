@@ -218,7 +218,7 @@ def read_log(path):
 
 
 def _main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tools.parse_log", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cellfcn.parse_log", description=__doc__.splitlines()[0])
     parser.add_argument("log", help="Caffe training log (e.g. runs/pretrain/train.log)")
     parser.add_argument("--out", help="CSV to write (default: print to stdout)")
     args = parser.parse_args(argv)

@@ -10,7 +10,7 @@ pi)``, of the nuclei not cut by the image border: the measure of D.
 Cellpose's two-pass idea as a fixed point: resize by the dataset's factor, measure the median nucleus
 diameter, move the factor by D / measured and measure again, until the factor changes by less than
 ``TOLERANCE``. The measure is a classical segmentation (:func:`classical_diameter`: Otsu's threshold and the
-distance-transform watershed of :mod:`tools.objects`), not the net: a net trained on one nucleus size
+distance-transform watershed of :mod:`cellfcn.objects`), not the net: a net trained on one nucleus size
 segments other sizes toward it, so its own nuclei hardly tell the scale (on the magnification test the
 net-based two-pass estimate reached a median 0.60-0.88 of the true factor), while Otsu's mask scales with the
 image. A run takes the median of its images' estimates (the images of one folder come from one microscope;
@@ -22,6 +22,8 @@ test (:mod:`tools.magnification`) measures how well this works.
 import math
 
 import numpy as np
+
+from cellfcn import objects
 
 #: The fixed point stops when a measurement moves the factor by less than this (relatively).
 TOLERANCE = 0.03
@@ -50,9 +52,38 @@ def _positive(value, name):
     return float(value)
 
 
+def nucleus_diameters(labels):
+    """Equivalent-circle diameters ``2 sqrt(area / pi)`` (pixels) of the nuclei not cut by the image edge.
+
+    Parameters
+    ----------
+    labels : (H, W) array_like of int
+        Instance labels, 0 background.
+
+    Returns
+    -------
+    ndarray of float64
+        One per nucleus that touches no edge, in label order.
+    """
+    labels = np.asarray(labels)
+    areas = np.bincount(labels.ravel())
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = areas > 0
+    keep[0] = False
+    keep[edge] = False
+    return 2 * np.sqrt(areas[keep] / np.pi)
+
+
+def pooled_median_diameter(label_images):
+    """Median equivalent diameter (pixels) of the nuclei of several label images (edge nuclei left out); None
+    when there is no such nucleus."""
+    diameters = np.concatenate([nucleus_diameters(labels) for labels in label_images] or [np.zeros(0)])
+    return round(float(np.median(diameters)), 3) if diameters.size else None
+
+
 def median_diameter(labels, min_nuclei=MIN_NUCLEI):
     """Typical nucleus diameter of a label image: the median equivalent diameter of the nuclei not cut by the
-    image border (:func:`data_prep.targets.nucleus_diameters`, the measure of the dataset's diameter).
+    image border (:func:`nucleus_diameters`, the measure of the dataset's diameter).
 
     Parameters
     ----------
@@ -66,8 +97,6 @@ def median_diameter(labels, min_nuclei=MIN_NUCLEI):
     float
         Pixels of ``labels``; NaN with fewer than ``min_nuclei`` nuclei.
     """
-    from data_prep.targets import nucleus_diameters
-
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 2-D integer label image, got {labels.dtype} of shape {labels.shape}")
@@ -93,8 +122,8 @@ def factor_for_diameter(dataset_diameter, diameter):
 
 def classical_diameter(image, min_nuclei=MIN_NUCLEI):
     """Median nucleus diameter of a normalised image by a classical segmentation: Otsu's threshold
-    (:func:`tools.count.otsu_maps`), then the distance-transform watershed of
-    :func:`tools.objects.instances_from_probs` without opening, nuclei of at least ``MIN_AREA`` pixels.
+    (:func:`cellfcn.objects.otsu_maps`), then the distance-transform watershed of
+    :func:`cellfcn.objects.instances_from_probs` without opening, nuclei of at least ``MIN_AREA`` pixels.
 
     Parameters
     ----------
@@ -107,11 +136,8 @@ def classical_diameter(image, min_nuclei=MIN_NUCLEI):
     float
         :func:`median_diameter` of the nuclei found, in pixels of ``image``; NaN with too few.
     """
-    from tools.count import otsu_maps
-    from tools.objects import instances_from_probs
-
-    mask = otsu_maps([np.asarray(image, dtype=np.float32)])[0]
-    return median_diameter(instances_from_probs(mask, 0.5, opening_radius=0, min_area=MIN_AREA), min_nuclei)
+    mask = objects.otsu_maps([np.asarray(image, dtype=np.float32)])[0]
+    return median_diameter(objects.instances_from_probs(mask, 0.5, opening_radius=0, min_area=MIN_AREA), min_nuclei)
 
 
 def estimate_factor(measure, start, dataset_diameter, *, tolerance=TOLERANCE, max_passes=MAX_PASSES):

@@ -1,8 +1,8 @@
-"""Counting cells: object-level results beside Table 1 (called by ``make evaluate``, :mod:`tools.table1`).
+"""The object-level table of `make evaluate` (:mod:`tools.evaluate`): nuclei found and counted, beside Table 1.
 
-Nuclei are cut out of a probability map by :func:`tools.objects.instances_from_probs` (threshold, opening,
+Nuclei are cut out of a probability map by :func:`cellfcn.objects.instances_from_probs` (threshold, opening,
 removal of small objects, marker-based watershed on the distance transform). Its parameters are chosen per
-model on the whole validation images (``val_full.h5``) by :func:`tools.objects.choose_instance_params`
+model on the whole validation images (``val_full.h5``) by :func:`cellfcn.objects.choose_instance_params`
 (pooled F1 at IoU 0.5 over a small grid), never on test; the chosen setting is then scored on the whole test
 images (``test_full.h5``) against their ground-truth instance labels (``labels/<i>``, written by
 ``data_prep``): per image and pooled, precision, recall and F1 at IoU 0.5 (one-to-one Hungarian matching),
@@ -10,14 +10,14 @@ the DSB2018 score and the count errors.
 
 Models: ``before`` and ``after`` fine-tuning (probability maps of the whole images, tiled by
 :func:`tools.infer.segment_image`), ``contour``, the instance-aware 3-class net after fine-tuning (its nuclei
-come from :func:`tools.objects.instances_from_contour`: markers from its interior map, the marker threshold
+come from :func:`cellfcn.objects.instances_from_contour`: markers from its interior map, the marker threshold
 chosen on validation too), and ``otsu``, the classical baseline: Otsu's threshold per whole image, then the
 same distance-transform watershed as the two-class nets, its opening and minimum area chosen on the
 validation images too.
 
 Writes ``objects.json`` (``schema_version``, one row per model: chosen ``params``, validation F1/DSB,
 ``pooled`` scores, per-image ``images``, and for the nets ``model_path`` and ``model_sha256``; undefined
-ratios are ``null``) and ``objects.md``. :mod:`tools.table1` also writes each net's chosen parameters beside
+ratios are ``null``) and ``objects.md``. :mod:`tools.evaluate` also writes each net's chosen parameters beside
 its model (:mod:`tools.model_params`), where ``make segment`` finds them.
 """
 import math
@@ -27,9 +27,9 @@ import h5py
 import numpy as np
 
 from cellfcn import files, schema
+from cellfcn import objects as O
 from cellfcn.errors import InputError
 from tools import infer
-from tools import objects as O
 
 OBJECTS_SCHEMA = 2
 # The parameter grids searched on the validation images (kept small: each setting is a watershed per image);
@@ -91,18 +91,6 @@ def whole_image_maps(net, images, desc):
                                                                  leave=False)]
 
 
-def otsu_threshold(image):
-    """Otsu's threshold of one image (its maximum for a constant image, so nothing is foreground)."""
-    from skimage.filters import threshold_otsu
-
-    return float(threshold_otsu(image)) if np.ptp(image) > 0 else float(image.max())
-
-
-def otsu_maps(images):
-    """The Otsu baseline as probability maps: 1.0 where ``image > otsu_threshold(image)``, else 0.0."""
-    return [(image > otsu_threshold(image)).astype(np.float32) for image in images]
-
-
 def number(value):
     """A float for JSON: NaN (an undefined ratio) becomes None."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
@@ -161,7 +149,7 @@ def evaluate_objects(maps, val, test, val_thresholds=None):
         extra = [round(float(val_thresholds[key]), 4)] if key in val_thresholds else []
         grids[key] = {**grid, "thresholds": tuple(sorted({*grid["thresholds"], *extra}))}
     grids["otsu"] = OTSU_GRID
-    maps = {**maps, "otsu": {"val": otsu_maps(val["images"]), "test": otsu_maps(test["images"])}}
+    maps = {**maps, "otsu": {"val": O.otsu_maps(val["images"]), "test": O.otsu_maps(test["images"])}}
     rows, predictions = [], {}
     for key, grid in grids.items():
         row, predictions[key] = model_row(key, maps[key]["val"], val, maps[key]["test"], test, grid)

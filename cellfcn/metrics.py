@@ -5,7 +5,7 @@ index of the highest threshold it reaches, positive and negative pixels are coun
 ``np.bincount``, and a reverse cumulative sum gives the counts for ``prob >= threshold`` at all thresholds
 at once. Per-item histograms (one row per image or patch) make bootstrap replicates a weighted sum of rows.
 
-Undefined ratios (no positives, no predictions, empty input) are NaN, never 0, as in :mod:`tools.objects`:
+Undefined ratios (no positives, no predictions, empty input) are NaN, never 0, as in :mod:`cellfcn.objects`:
 a 0 would read as a result (scikit-learn's ``zero_division=0`` made a model whose MCC is undefined at every
 threshold look like one optimal at threshold 0.0, every pixel a cell). Where no threshold has a defined MCC
 (no positive or no negative pixel, or all probabilities equal), no threshold is chosen: NaN. The AUC is NaN
