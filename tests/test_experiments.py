@@ -189,6 +189,7 @@ def test_table_and_findings_claim_only_what_the_intervals_carry():
     table.update(where="serial", wall_seconds=60.0)
     text = X.markdown(table)
     assert "short: 500 + 165" in text and "| 2s |" in text and "vs 2s" in text and "Caffe on 2 threads per run" in text
+    assert "rows 2s, 3s and 7 on seeds 0, 1, 2 with a short schedule" in text  # the caption names the rows shown
     sentences = X.findings(table)
     claim = next(s for s in sentences if s.startswith("Claim"))
     assert claim.endswith("pretraining helps.")

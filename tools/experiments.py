@@ -818,9 +818,12 @@ def caption(table):
     def seeds(values):
         return f"seed{'s' if len(values) > 1 else ''} {', '.join(map(str, values))}"
 
+    side_rows = list(dict.fromkeys(r["row"] for r in table["rows"] if r["row"] not in ("1", "2", "3", "4", "5")))
     sched = (f"rows 1-5 with {s['pretrain']} pretraining and {s['finetune']} fine-tuning iterations of batch "
-             f"{table['batch']} on {seeds(s['seeds'])}; rows {'2s, 3s, ' if short else ''}6 and 7 on "
-             f"{seeds(side['seeds'])}")
+             f"{table['batch']} on {seeds(s['seeds'])}")
+    if side_rows:
+        sched += (f"; rows {', '.join(side_rows[:-1])}{' and ' if len(side_rows) > 1 else ''}{side_rows[-1]} on "
+                  f"{seeds(side['seeds'])}")
     if short:
         sched += (f" with a short schedule: {side['pretrain']} pretraining and {side['finetune']} fine-tuning "
                   "iterations, labelled 'short'")
