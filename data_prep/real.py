@@ -117,7 +117,7 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
     -------
     splits : dict of name -> arrays (see :func:`train_split`, :func:`tile_split`)
     info : dict of name -> manifest entry (counts, cell fractions, image names)
-    full : dict of name -> (images, masks, labels, names) for val and test
+    full : dict of name -> (images, masks, labels, names) for train, val and test (whole images)
     diameter : float or None
         Median nucleus diameter of the training images (pixels, :func:`cellfcn.scale.pooled_median_diameter`).
     """
@@ -134,8 +134,8 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
             info[name] = {"n_patches_before_augmentation": n_train, "augmentation": "8 dihedral transforms"}
         else:
             split = tile_split(images, masks, targets, size)
-            full[name] = (images, masks, labels, names)
             info[name] = {"tiling": f"non-overlapping {size}x{size} from the top-left corner"}
+        full[name] = (images, masks, labels, names)
         splits[name] = split
         info[name] = {"n": len(split["data"]), "cell_fraction": round(cell_fraction(split["label"]), 6),
                       "image_cell_fraction": round(cell_fraction(masks), 6), "n_images": len(items),

@@ -12,7 +12,8 @@ Layout (the project's dataset-folder contract):
   ``<split>_3class.h5`` + ``<split>_3class.txt`` (the same ``data`` with ``label`` holding 0/1/2) and
   ``<split>_3class_label_lmdb/`` beside ``<split>_data_lmdb/``. Separate files, so the two-class files and
   the models trained on them stay exactly as they were;
-- ``<split>_full.h5``: the whole val/test images for whole-image evaluation, with their masks and
+- ``<split>_full.h5``: the whole train/val/test images for whole-image evaluation (train: the choice of the
+  instance parameters), with their masks and
   instance labels;
 - ``manifest.json``: what was built from what, and the SHA-256 of every file above.
 

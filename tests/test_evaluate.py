@@ -71,6 +71,7 @@ def workspace(tmp_path_factory, caffe):
     syn.mkdir(parents=True)
     _write_split(real, "test", *_images(3, (32, 48), 1), with_full=True)  # 3 images x 6 patches
     _write_split(real, "val", *_images(2, (32, 32), 2), with_full=True)
+    _write_split(real, "train", *_images(2, (32, 32), 4), with_full=True)  # its whole images: the choice
     _write_split(syn, "test", *_images(2, (16, 48), 3), with_full=False)
     # What make evaluate records beside each model (its dataset's preprocessing and nucleus size).
     (real / "manifest.json").write_text(json.dumps(dataset_manifest("real", nucleus_diameter_px=12.0)))
@@ -237,6 +238,9 @@ def test_table1_end_to_end(workspace, tmp_path):
     objects = json.loads((out / "objects.json").read_text())
     assert seg["params"] == next(r for r in objects["rows"] if r["model"] == "after")["params"]
     assert len(seg["images"]) == 2 and [r["model"] for r in objects["rows"]] == ["before", "after", "otsu"]
+    # Parameters chosen on the whole training and validation images, val F1 on the latter alone.
+    assert all(r["chosen_on"] == {"train": 2, "val": 2} for r in objects["rows"])
+    assert objects["train_images"] == ["img0.tif", "img1.tif"]
     assert all((out / "segment" / r["files"]["overlay"]).is_file() for r in seg["images"])
 
     # Same inputs, same seed: identical outputs.

@@ -492,6 +492,21 @@ def test_object_table_on_hand_made_images(tmp_path):
     assert (tmp_path / "objects.md").read_text() == text
     assert object_table.load_objects(tmp_path / "objects.json")["rows"][1]["params"] == after["params"]
 
+    # The training images join the choice: on them a haze at 0.4 joins the nuclei into one blob at threshold
+    # 0.3, so 0.5 is chosen; val F1 stays the validation images' own.
+    train_gt = _discs((64, 96), (20, 20, 8), (40, 70, 8))
+    train = {"names": ["r0"], "images": [np.where(train_gt > 0, 0.9, 0.1).astype(np.float32)],
+             "labels": [train_gt]}
+    hazy = np.where(train_gt > 0, 0.9, 0.4)
+    maps["after"]["train"], maps["before"]["train"] = [hazy], [hazy]
+    with_train, _ = object_table.evaluate_objects(maps, val, test, {"before": 0.15}, train=train)
+    assert after["chosen_on"] == {"val": 2} and with_train[1]["chosen_on"] == {"train": 1, "val": 2}
+    assert with_train[1]["params"]["threshold"] == 0.5 and with_train[1]["val"] == {"f1": 1.0, "dsb_score": 1.0}
+    assert with_train[1]["choice"]["f1"] == 1.0 and with_train[2]["chosen_on"] == {"train": 1, "val": 2}
+    text = object_table.write_outputs(tmp_path, with_train, val, test, train)
+    assert "chosen on the 1 training and 2 validation images" in text
+    assert object_table.load_objects(tmp_path / "objects.json")["train_images"] == ["r0"]
+
     # Whole-image files need labels/<i>: an older dataset with masks only is refused (its connected components
     # would merge touching nuclei in the truth), not silently used.
     with h5py.File(tmp_path / "full.h5", "w") as f:

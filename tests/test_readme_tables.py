@@ -33,9 +33,11 @@ def _objects():
               "recall": 0.8, "f1": 0.842, "dsb_score": 0.5, "mean_image_dsb_score": 0.5,
               "mean_abs_count_error": 1.0, "mean_rel_count_error": 0.1}
     rows = [{"model": m, "name": n, "params": {"threshold": 0.5, "opening_radius": 1, "min_area": 30},
+             "chosen_on": {"train": 2, "val": 1}, "choice": {"f1": 0.85, "dsb_score": 0.45},
              "val": {"f1": 0.8, "dsb_score": 0.4}, "pooled": pooled, "images": [image], "pixel_mcc": 0.9}
             for m, n in (("before", "ours: before"), ("after", "ours: after"), ("otsu", "Otsu + watershed"))]
-    return {"schema_version": object_table.OBJECTS_SCHEMA, "val_images": ["v.tif"], "test_images": ["a.tif"], "rows": rows}
+    return {"schema_version": object_table.OBJECTS_SCHEMA, "train_images": ["r.tif", "s.tif"], "val_images": ["v.tif"],
+            "test_images": ["a.tif"], "rows": rows}
 
 
 def _magnification():

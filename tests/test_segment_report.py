@@ -303,7 +303,7 @@ def fake_runs(root, model):
     _write_split(real / "test.h5", np.stack(data), np.stack(label), source_index=np.array(index, np.int32),
                  origin=np.array(origin, np.int32))
     _write_split(real / "val.h5", np.stack(data[::-1]), np.stack(label[::-1]))
-    for split, pairs in (("test", images), ("val", images[::-1])):
+    for split, pairs in (("test", images), ("val", images[::-1]), ("train", images[1:])):
         with h5py.File(real / f"{split}_full.h5", "w") as f:
             for i, (image, mask) in enumerate(pairs):
                 f[f"images/{i}"] = image

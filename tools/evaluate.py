@@ -247,6 +247,7 @@ def inputs(args):
                              f"make {'instance' if key == 'contour' else MODELS[key]})")
     paths = {"test": data / "real" / "test.h5", "val": data / "real" / "val.h5",
              "test_full": data / "real" / "test_full.h5", "val_full": data / "real" / "val_full.h5",
+             "train_full": data / "real" / "train_full.h5",
              "synthetic_test": data / "synthetic" / "test.h5", "manifest": data / "real" / "manifest.json"}
     for path in paths.values():
         if not path.is_file():
@@ -313,7 +314,7 @@ def run(args):
         print(f"evaluate: up to date ({out / 'table1.json'}; --force recomputes)", file=sys.stderr)
         return (out / "table1.md").read_text()
     test, val, synthetic = (E.load_split(paths[k]) for k in ("test", "val", "synthetic_test"))
-    full = {k: object_table.load_full(paths[f"{k}_full"]) for k in ("val", "test")}
+    full = {k: object_table.load_full(paths[f"{k}_full"]) for k in ("train", "val", "test")}
     otsu_pred, otsu_thresholds = otsu_patches(test, paths["test_full"])
 
     rows, curves, probs, maps, pixel = [], [], {}, {}, {}
@@ -325,7 +326,7 @@ def run(args):
             probs["before_synthetic"] = infer.predict(net, synthetic["data"], args.batch,
                                                       desc="before: synthetic test")
         maps[key_] = {k: object_table.whole_image_maps(net, full[k]["images"], f"{key_}: whole {k} images")
-                      for k in ("val", "test")}
+                      for k in ("train", "val", "test")}
         del net
         if key_ == "contour":  # Table 1 is the report's two-class net; this one's pixels go to the object table
             pixel[key_] = contour_pixel_mcc(prob, val_prob, test, val, args)
@@ -359,7 +360,8 @@ def run(args):
     val_thresholds = {r["model"]: r["threshold"] for r in rows if r["protocol"] == "val-threshold"}
     val_thresholds.update({k: t for k, (t, _) in pixel.items()})
     val_thresholds = {k: t for k, t in val_thresholds.items() if t == t}  # an undefined (NaN) one adds nothing
-    object_rows, instances = object_table.evaluate_objects(maps, full["val"], full["test"], val_thresholds)
+    object_rows, instances = object_table.evaluate_objects(maps, full["val"], full["test"], val_thresholds,
+                                                           train=full["train"])
     mcc = {r["model"]: r["mcc"] for r in rows if r["protocol"] in ("val-threshold", "otsu-per-image")}
     mcc.update({k: m for k, (_, m) in pixel.items()})
     for object_row in object_rows:
@@ -368,8 +370,8 @@ def run(args):
         if model is not None:
             object_row.update(model_path=str(model.resolve()), model_sha256=files.sha256_file(model))
             model_params.write_model_params(model, object_row["params"], val=object_row["val"], dataset=dataset,
-                                            chosen_on=str(paths["val_full"]))
-    text += "\n" + object_table.write_outputs(out, object_rows, full["val"], full["test"])
+                                            chosen_on=f"{paths['train_full']} and {paths['val_full']}")
+    text += "\n" + object_table.write_outputs(out, object_rows, full["val"], full["test"], full["train"])
     segment_whole_images(out / "segment", full["test"], maps["after"]["test"], instances["after"],
                          next(r for r in object_rows if r["model"] == "after"), args.images)
     files.write_text(out / "table1.md", text)

