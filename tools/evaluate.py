@@ -13,9 +13,9 @@ whole test image (``DATA/real/test_full.h5``), is scored on exactly the test pat
 pretrained model is also scored on the synthetic test split (``DATA/synthetic/test.h5``).
 
 This is the only stage that runs the network on the evaluation data: it also counts cells, the object-level
-companion table (:mod:`tools.object_table`: instance parameters chosen on the whole validation images, scored on
-the whole test images, for both models, the instance-aware 3-class ``contour`` net of ``--contour-runs`` and
-an Otsu + watershed baseline), writes each net's chosen parameters beside its model
+companion table (:mod:`tools.object_table`: instance parameters chosen on the whole training and validation
+images, scored on the whole test images, for both models, the instance-aware 3-class ``contour`` net of
+``--contour-runs`` and an Otsu + watershed baseline), writes each net's chosen parameters beside its model
 (``<model>.params.json``, :mod:`tools.model_params`: what ``make segment`` uses), and writes the nuclei of the
 first ``--images`` whole test images found by the fine-tuned model (overlays) for the report to show.
 

@@ -1,10 +1,10 @@
 """The instance parameters chosen for one trained model, kept beside it: ``<model>.params.json``.
 
 ``make evaluate`` chooses the parameters that cut a model's maps into nuclei (threshold, opening, minimum area,
-marker settings) on the validation images and writes them here with the model's SHA-256, its validation scores
-and the preprocessing of the dataset it was trained on (resize factor, normalisation percentiles, median
-nucleus diameter at the net's scale). ``make segment MODEL=x`` reads x's own file, so parameters chosen for one
-model are never applied to another.
+marker settings) on the whole training and validation images and writes them here with the model's SHA-256, its
+validation scores and the preprocessing of the dataset it was trained on (resize factor, normalisation
+percentiles, median nucleus diameter at the net's scale). ``make segment MODEL=x`` reads x's own file, so
+parameters chosen for one model are never applied to another.
 """
 from pathlib import Path
 
@@ -63,7 +63,7 @@ def write_model_params(model, params, *, val, dataset, chosen_on):
     dataset : dict
         :func:`dataset_preprocessing` of the training dataset.
     chosen_on : str
-        What the parameters were chosen on (the validation file).
+        What the parameters were chosen on (the whole-image files).
     """
     record = {"schema_version": SCHEMA, "model_sha256": files.sha256_file(model), "params": dict(params),
               "val": dict(val), "dataset": dict(dataset), "chosen_on": str(chosen_on)}

@@ -1,13 +1,13 @@
 """The object-level table of `make evaluate` (:mod:`tools.evaluate`): nuclei found and counted, beside Table 1.
 
 Nuclei are cut out of a probability map by :func:`cellfcn.objects.instances_from_probs` (threshold, opening,
-removal of small objects, marker-based watershed on the distance transform). Its parameters are chosen per
-model on the whole training and validation images (``train_full.h5``, ``val_full.h5``) by
+removal of small objects, marker-based watershed on the distance transform). Its parameters are chosen per model
+on the whole training and validation images (``train_full.h5``, ``val_full.h5``) by
 :func:`cellfcn.objects.choose_instance_params` (pooled F1 at IoU 0.5 over a small grid), never on test; the
-validation images alone give each model's val F1 (no net trained on them). The chosen setting is then scored on the whole test
-images (``test_full.h5``) against their ground-truth instance labels (``labels/<i>``, written by
-``data_prep``): per image and pooled, precision, recall and F1 at IoU 0.5 (one-to-one Hungarian matching),
-the DSB2018 score and the count errors.
+validation images alone give each model's val F1 (no net trained on them). The chosen setting is then scored on
+the whole test images (``test_full.h5``) against their ground-truth instance labels (``labels/<i>``, written by
+``data_prep``): per image and pooled, precision, recall and F1 at IoU 0.5 (one-to-one Hungarian matching), the
+DSB2018 score and the count errors.
 
 Models: ``before`` and ``after`` fine-tuning (probability maps of the whole images, tiled by
 :func:`tools.infer.segment_image`), ``contour``, the instance-aware 3-class net after fine-tuning (its nuclei

@@ -265,7 +265,8 @@ def segmentation_section(doc, runs, out):
     p = seg["params"]
     doc.h(2, "Whole-image segmentation")
     doc.p(f"Fine-tuned model on whole real test images (`test_full.h5`), tiled with overlap and stitched, cut "
-          f"into nuclei with the parameters chosen on the validation images: threshold {p['threshold']:.2f}, "
+          f"into nuclei with the parameters chosen on the training and validation images: threshold "
+          f"{p['threshold']:.2f}, "
           f"opening radius {p['opening_radius']} px, minimum area {p['min_area']} px, watershed. Overlay: red = "
           f"outline of each found nucleus (touching nuclei show their shared border), green = the true nuclei.")
     header = ["Image", "Size", "Cells (truth)", "Cells (found)", "F1 at IoU 0.5", "DSB score"]
