@@ -225,7 +225,7 @@ instance: data ## train the instance-aware 3-class net (NET=contour: pretrain, f
 
 evaluate: finetune $(if $(WITH_CONTOUR),instance,) ## Table 1, Otsu baseline, ROC, object-level table -> runs/eval/
 	@$(TIMED) evaluate $(PY) -m tools.evaluate --runs "$(NET_RUNS)" --data "$(DATA)" --out "$(NET_RUNS)/eval" \
-	  $(if $(WITH_CONTOUR),--contour-runs "$(CONTOUR_RUNS)",) $(GPU_ARGS)
+	  $(if $(WITH_CONTOUR),--contour-runs "$(CONTOUR_RUNS)",) $(if $(filter 1,$(QUICK)),--train-images 3,) $(GPU_ARGS)
 	@$(TIMED) magnification $(PY) -m tools.magnification --objects "$(NET_RUNS)/eval/objects.json" \
 	  --wheel "$(WHEEL_CACHE)/mnfinder-1.2.3-py3-none-any.whl" --out "$(NET_RUNS)/eval" \
 	  $(if $(filter 1,$(QUICK)),--max-images 2,) $(GPU_ARGS)

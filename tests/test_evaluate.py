@@ -241,6 +241,10 @@ def test_table1_end_to_end(workspace, tmp_path):
     # Parameters chosen on the whole training and validation images, val F1 on the latter alone.
     assert all(r["chosen_on"] == {"train": 2, "val": 2} for r in objects["rows"])
     assert objects["train_images"] == ["img0.tif", "img1.tif"]
+    for bad in ("-1", "x"):
+        with pytest.raises(SystemExit):
+            T.parse_args(["--runs", "r", "--data", "d", "--out", "o", "--train-images", bad])
+    assert T.parse_args(["--runs", "r", "--data", "d", "--out", "o", "--train-images", "0"]).train_images == 0
     assert all((out / "segment" / r["files"]["overlay"]).is_file() for r in seg["images"])
 
     # Same inputs, same seed: identical outputs.

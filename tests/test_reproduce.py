@@ -44,6 +44,8 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
         assert record["params"] == row["params"] and record["dataset"]["nucleus_diameter_px"] > 0
         assert -1 <= row["pixel_mcc"] <= 1
     assert "marker_threshold" in objects["rows"][2]["params"]
+    # QUICK chooses them on 3 of the whole training images and the validation images.
+    assert all(row["chosen_on"] == {"train": 3, "val": len(objects["val_images"])} for row in objects["rows"])
     assert "3 classes (contour)" in proc.stdout
     # The printed Table 1 is the one on disk, and the report is one self-contained page.
     assert (runs / "eval" / "table1.md").read_text().strip().splitlines()[0] in proc.stdout

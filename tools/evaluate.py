@@ -186,10 +186,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
     p.add_argument("--thresholds", type=int, default=1001, help="thresholds on the curves (default: %(default)s)")
     p.add_argument("--images", type=int, default=2, help="whole test images to segment (default: %(default)s)")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="whole training images (the first n of train_full.h5) that join the validation images "
+                        "in the choice of the object parameters; 0: the validation images alone (default: all)")
     p.add_argument("--force", action="store_true", help="recompute even if the inputs are unchanged")
     args = p.parse_args(argv)
-    if args.bootstrap < 1 or args.batch < 1 or args.thresholds < 2 or args.images < 0:
-        p.error("--bootstrap and --batch must be positive, --thresholds at least 2, --images >= 0")
+    if min(args.bootstrap, args.batch) < 1 or args.thresholds < 2 or min(args.images, args.train_images or 0) < 0:
+        p.error("--bootstrap and --batch must be positive, --thresholds at least 2, --images and --train-images "
+                ">= 0")
     return args
 
 
@@ -315,6 +319,7 @@ def run(args):
         return (out / "table1.md").read_text()
     test, val, synthetic = (E.load_split(paths[k]) for k in ("test", "val", "synthetic_test"))
     full = {k: object_table.load_full(paths[f"{k}_full"]) for k in ("train", "val", "test")}
+    full["train"] = {k: v[:args.train_images] for k, v in full["train"].items()}
     otsu_pred, otsu_thresholds = otsu_patches(test, paths["test_full"])
 
     rows, curves, probs, maps, pixel = [], [], {}, {}, {}
@@ -360,8 +365,11 @@ def run(args):
     val_thresholds = {r["model"]: r["threshold"] for r in rows if r["protocol"] == "val-threshold"}
     val_thresholds.update({k: t for k, (t, _) in pixel.items()})
     val_thresholds = {k: t for k, t in val_thresholds.items() if t == t}  # an undefined (NaN) one adds nothing
+    train = full["train"] if full["train"]["names"] else None
     object_rows, instances = object_table.evaluate_objects(maps, full["val"], full["test"], val_thresholds,
-                                                           train=full["train"])
+                                                           train=train)
+    chosen_on = (f"the first {len(train['names'])} images of {paths['train_full']} and " if train else "") \
+        + str(paths["val_full"])
     mcc = {r["model"]: r["mcc"] for r in rows if r["protocol"] in ("val-threshold", "otsu-per-image")}
     mcc.update({k: m for k, (_, m) in pixel.items()})
     for object_row in object_rows:
@@ -370,8 +378,8 @@ def run(args):
         if model is not None:
             object_row.update(model_path=str(model.resolve()), model_sha256=files.sha256_file(model))
             model_params.write_model_params(model, object_row["params"], val=object_row["val"], dataset=dataset,
-                                            chosen_on=f"{paths['train_full']} and {paths['val_full']}")
-    text += "\n" + object_table.write_outputs(out, object_rows, full["val"], full["test"], full["train"])
+                                            chosen_on=chosen_on)
+    text += "\n" + object_table.write_outputs(out, object_rows, full["val"], full["test"], train)
     segment_whole_images(out / "segment", full["test"], maps["after"]["test"], instances["after"],
                          next(r for r in object_rows if r["model"] == "after"), args.images)
     files.write_text(out / "table1.md", text)
