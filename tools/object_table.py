@@ -33,9 +33,8 @@ from cellfcn.errors import InputError
 from tools import infer
 
 OBJECTS_SCHEMA = 3
-# The parameter grids searched on the training and validation images (kept small: each setting is a watershed per
-# image);
-# make evaluate adds each model's Table 1 validation threshold to the thresholds.
+# The parameter grids searched on the training and validation images (kept small: each setting is a watershed
+# per image); make evaluate adds each model's Table 1 validation threshold to the thresholds.
 NET_GRID = {"thresholds": (0.3, 0.5, 0.7), "opening_radii": (0, 1), "min_areas": (10, 30)}
 # The contour net's interior map is confident even on the narrow bridges between touching nuclei: on the
 # validation images only markers at 0.9-0.98 separated them (F1 0.85 at 0.7, 0.92 at 0.97, 0.89 at 0.98).
