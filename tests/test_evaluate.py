@@ -13,10 +13,11 @@ from sklearn.metrics import matthews_corrcoef
 from conftest import dataset_manifest
 
 from cellfcn import metrics as M
+from cellfcn import scale
 from cellfcn.constants import METRICS
 from cellfcn.images import mask_labels
 from tools import evaluate as T
-from tools import infer
+from tools import infer, model_params
 from tools import score as E
 
 REPO = Path(__file__).resolve().parent.parent
@@ -241,6 +242,16 @@ def test_table1_end_to_end(workspace, tmp_path):
     # Parameters chosen on the whole training and validation images, val F1 on the latter alone.
     assert all(r["chosen_on"] == {"train": 2, "val": 2} for r in objects["rows"])
     assert objects["train_images"] == ["img0.tif", "img1.tif"]
+    # The nets' rows are scored at each image's own scale, the working diameter chosen on the same images and
+    # written beside the model with its parameters; the first pass's scores are kept.
+    for r in objects["rows"][:2]:
+        assert r["working_ratio"] in scale.WORKING_RATIOS and r["working_diameter_px"] == r["working_ratio"] * 12.0
+        assert [t["ratio"] for t in r["working_choice"]] == list(scale.WORKING_RATIOS)
+        assert set(r["dataset_scale"]) == {"f1", "dsb_score", "n_pred", "val_f1"}
+        assert all(i["own_factor"] > 0 for i in r["images"])
+        record = model_params.read_model_params(workspace / "runs" / T.MODELS[r["model"]] / "final.caffemodel")
+        assert record["working_diameter_px"] == r["working_diameter_px"] and record["params"] == r["params"]
+    assert "working_ratio" not in objects["rows"][2]  # Otsu's row: one pass
     for bad in ("-1", "x"):
         with pytest.raises(SystemExit):
             T.parse_args(["--runs", "r", "--data", "d", "--out", "o", "--train-images", bad])

@@ -516,3 +516,33 @@ def test_object_table_on_hand_made_images(tmp_path):
     with h5py.File(tmp_path / "full.h5", "a") as f:
         f["labels/0"] = np.where(gt == 2, 7, gt)
     assert object_table.load_full(tmp_path / "full.h5")["labels"][0].max() == 7
+
+
+def test_own_scale_row_chooses_the_working_diameter_on_the_choice_images():
+    """A "net" that paints every nucleus 3 px too thin misses them all at its first pass (IoU 0.16); at three
+    times the size the same erosion leaves IoU 0.64. The working diameter is chosen on the choice images and
+    the test image is cut at its own scale; the first pass's scores stay in dataset_scale."""
+    from cellfcn import scale
+    from tools import object_table
+
+    def forward(net, window):
+        return ndi.binary_erosion(window > 0.5, iterations=3).astype(np.float32)
+
+    gt = _discs((64, 96), (20, 20, 5), (40, 50, 5), (20, 78, 5))
+    image = np.where(gt > 0, 0.9, 0.1).astype(np.float32)
+    sets = {k: {"names": [k], "images": [image], "labels": [gt]} for k in ("train", "val", "test")}
+    first = forward(None, image)
+    maps = {k: [first] for k in sets}
+    params = {"threshold": 0.5, "opening_radius": 0, "min_area": 0}
+    row, _ = object_table.score_params("after", maps, sets, params)
+    row["chosen_on"] = {"train": 1, "val": 1}
+    measured = scale.median_diameter(O.instances_from_maps(first, **params))
+    own, predictions, test_maps = object_table.own_scale_row(row, None, maps, sets, measured, ratios=(1.0, 3.0),
+                                                             forward=forward)
+    assert row["pooled"]["f1"] == 0 and own["dataset_scale"]["f1"] == 0 and own["dataset_scale"]["val_f1"] == 0
+    assert [t["ratio"] for t in own["working_choice"]] == [1.0, 3.0]
+    assert [t["f1"] for t in own["working_choice"]] == [0.0, 1.0] and own["choice"]["f1"] == 1.0
+    assert own["working_ratio"] == 3.0 and own["working_diameter_px"] == pytest.approx(3 * measured)
+    assert own["pooled"]["f1"] == 1.0 and own["val"]["f1"] == 1.0
+    assert own["images"][0]["own_factor"] == pytest.approx(3.0) and own["params"] == params
+    assert test_maps[0].shape == gt.shape and predictions[0].max() == 3

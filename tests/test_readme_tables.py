@@ -43,11 +43,12 @@ def _objects():
 def _magnification():
     scores = {"n_gt": 10, "n_pred": 9, "f1": 0.85, "dsb_score": 0.5, "mean_rel_count_error": 0.1}
     rows = [{"magnification": m, "true_factor": 0.75 / m, "factor": 0.75 / m, "factor_ratio": 1.0,
-             "own_ratio_median": 1.02, "own_ratio_range": [0.9, 1.1], "own_within_goal": 1, "auto": scores,
+             "own_ratio_median": 1.02, "own_ratio_range": [0.9, 1.1], "own_within_goal": 1,
+             "image_ratio_median": 0.98, "image_ratio_range": [0.95, 1.0], "image_within_goal": 1, "auto": scores,
              "known": scores, "per_image": [{"image": "a.tif"}], "f1_auto_minus_native": 0.0}
             for m in (1.0, 0.5, 2.0)]
     return {"schema_version": magnification.SCHEMA, "model": "/x/final.caffemodel", "machine": "2 CPU cores",
-            "native": scores, "rows": rows}
+            "working_diameter_px": 24.4, "native": scores, "rows": rows}
 
 
 RUN_FILES = {"eval/table1.json": json.dumps(_table1()), "eval/objects.json": json.dumps(_objects()),

@@ -42,6 +42,7 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
     for row in objects["rows"][:3]:
         record = model_params.read_model_params(row["model_path"])
         assert record["params"] == row["params"] and record["dataset"]["nucleus_diameter_px"] > 0
+        assert record["working_diameter_px"] == row["working_diameter_px"] > 0  # each image at its own scale
         assert -1 <= row["pixel_mcc"] <= 1
     assert "marker_threshold" in objects["rows"][2]["params"]
     # QUICK chooses them on 3 of the whole training images and the validation images.

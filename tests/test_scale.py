@@ -154,3 +154,60 @@ def test_magnified_test_images_keep_their_nuclei(magnification):
         ideal_factor(labels, DATASET_DIAMETER) / magnification, rel=0.05)
     # bright where the nuclei are, at every size
     assert big[big_labels > 0].mean() > 2 * big[big_labels == 0].mean()
+
+
+def test_own_factor_brings_the_measured_diameter_to_the_working_one():
+    assert scale.own_factor(20.0, 30.0) == pytest.approx(1.5)
+    assert scale.own_factor(40.0, 20.0) == pytest.approx(0.5)
+    # within the tolerance, the first pass stands; unmeasured keeps it; the range clamps
+    assert scale.own_factor(20.0 * (1 + scale.TOLERANCE / 2), 20.0) == 1.0
+    assert scale.own_factor(float("nan"), 20.0) == 1.0
+    assert scale.own_factor(1.0, 20.0) == scale.ESTIMATE_RANGE
+    with pytest.raises(ValueError, match="working_diameter"):
+        scale.own_factor(20.0, 0)
+
+
+@pytest.mark.parametrize("radius", [7, 15])
+def test_own_scale_maps_resize_nuclei_of_known_size_to_the_working_diameter(radius):
+    """With a transparent "net" (its map is the image), the first pass measures the drawn nuclei, the second
+    sees them at the working diameter, and the maps come back at the image's size, the nuclei where they were."""
+    from cellfcn import objects as O
+    from tools import infer
+
+    image, labels = nuclei((240, 260), radius, 14, np.random.default_rng(radius))
+    image = image.astype(np.float32) / image.max()
+    seen = []
+
+    def forward(net, window):
+        seen.append(window.shape)
+        return window
+
+    params = dict(threshold=0.5, opening_radius=0, min_area=10)
+    maps, factor, diameter = infer.own_scale_maps(None, image, params, DATASET_DIAMETER, forward=forward)
+    truth = scale.median_diameter(labels)
+    assert diameter == pytest.approx(truth, rel=0.1)
+    assert factor == pytest.approx(DATASET_DIAMETER / diameter)
+    assert seen[-1][0] >= round(240 * factor) and maps.shape == image.shape  # the second pass ran resized
+    again = scale.median_diameter(O.instances_from_maps(infer.resize_image(image, factor), **params))
+    assert again == pytest.approx(DATASET_DIAMETER, rel=0.1)
+    found = O.instances_from_maps(maps, **params)
+    assert abs(int(found.max()) - int(labels.max())) <= 2
+    assert ((found > 0) == (labels > 0)).mean() > 0.97
+
+
+def test_own_scale_maps_keep_the_first_pass_at_the_working_diameter():
+    from tools import infer
+
+    image, _ = nuclei((200, 200), 10, 10, np.random.default_rng(3))
+    image = image.astype(np.float32) / image.max()
+    calls = []
+    params = dict(threshold=0.5, opening_radius=0, min_area=10)
+    maps, factor, diameter = infer.own_scale_maps(None, image, params, diameter_of(image, params),
+                                                  forward=lambda net, window: calls.append(1) or window)
+    assert factor == 1.0 and len(calls) == 1 and np.array_equal(maps, image)
+
+
+def diameter_of(image, params):
+    from cellfcn import objects as O
+
+    return scale.median_diameter(O.instances_from_maps(image, **params))

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,6 +277,26 @@ def test_factor_from_a_diameter_or_estimated(folder, model, tmp_path):
         done = _segment(images, model, tmp_path / "c", "--workers", "0", *bad)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_working_diameter_of_the_model_sets_each_images_own_scale(folder, tmp_path):
+    """A model whose parameters carry a working diameter: with --diameter auto every image may go through the net
+    a second time (its own factor recorded); a factor the user gives is used as it is."""
+    model = random_model(tmp_path / "working.caffemodel", 0)
+    model_params.write_model_params(model, PARAMS, val={"f1": 0.5}, dataset=DATASET, chosen_on="test",
+                                    working_diameter_px=30.0)
+    for extra, working in (((), 30.0), (("--diameter", "40"), None)):
+        out = tmp_path / f"out{len(extra)}"
+        done = _segment(folder, model, out, "--workers", "0", *extra)
+        assert done.returncode == 1 and "broken.tif" in done.stderr, done.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["last_run"]["working_diameter_px"] == working
+        for row in _rows(out):
+            if row["status"] == "done":
+                record = json.loads((out / f"{Path(row['file']).stem}.json").read_text())
+                assert record["row"]["image_factor"] == float(row["image_factor"])
+                if working is None:
+                    assert row["image_factor"] == row["factor"]
 
 
 def test_one_run_per_output_folder(folder, model, tmp_path):

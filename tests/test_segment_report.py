@@ -12,7 +12,7 @@ import pytest
 
 from conftest import dataset_manifest
 
-from cellfcn import caffe_env
+from cellfcn import caffe_env, scale
 from cellfcn.images import mask_labels
 from cellfcn.metrics import binary_scores
 from prototxt.net import DEPLOY
@@ -153,11 +153,35 @@ def test_nuclei_are_cut_at_the_net_scale(net):
     image, _ = blobs((100, 130), np.random.default_rng(9))
     net_input = resize(image, (75, 98), order=1, preserve_range=True).astype(np.float32)
     params = dict(threshold=0.5, opening_radius=0, min_area=5, min_distance=5, smooth_sigma=1.0, min_dynamic=2.0)
-    prob, labels = segment.segment_prepared(net, image, net_input, params)
+    prob, labels, own_factor = segment.segment_prepared(net, image, net_input, params)
     small = O.instances_from_probs(infer.segment_image(net, net_input), **params)
-    assert prob.shape == labels.shape == (100, 130) and labels.max() == small.max()
+    assert prob.shape == labels.shape == (100, 130) and labels.max() == small.max() and own_factor == 1
     np.testing.assert_array_equal(labels[::4, ::4] > 0, small[(np.arange(0, 100, 4) * 0.75).astype(int)][
         :, (np.arange(0, 130, 4) * 98 / 130).astype(int)] > 0)
+
+
+def test_own_scale_cuts_nuclei_of_the_working_diameter():
+    """segment_prepared with a working diameter, through a transparent "net" (its map is its input): discs of
+    radius 6 (diameter about 12) are seen a second time at twice the size, and cut back at the image's size."""
+    from cellfcn import objects as O
+
+    yy, xx = np.mgrid[:120, :150]
+    truth = np.zeros((120, 150), np.int32)
+    for k, (cy, cx) in enumerate([(20, 20), (20, 60), (60, 40), (60, 100), (100, 70), (95, 130)], 1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = k
+    image = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+    params = dict(threshold=0.5, opening_radius=0, min_area=5)
+    sizes = []
+
+    def forward(net, window):
+        sizes.append(window.shape)
+        return window
+
+    prob, labels, own_factor = segment.segment_prepared(None, image, image, params, forward=forward,
+                                                        working_diameter=24.0)
+    assert own_factor == pytest.approx(24 / scale.median_diameter(truth))
+    assert max(sizes) >= (240, 296) and prob.shape == labels.shape == image.shape
+    assert O.object_scores(truth, labels)["f1"] == 1.0
 
 
 def test_cli_scale_from_manifest(model, tmp_path):

@@ -14,8 +14,9 @@ pretrained model is also scored on the synthetic test split (``DATA/synthetic/te
 
 This is the only stage that runs the network on the evaluation data: it also counts cells, the object-level
 companion table (:mod:`tools.object_table`: instance parameters chosen on the whole training and validation
-images, scored on the whole test images, for both models, the instance-aware 3-class ``contour`` net of
-``--contour-runs`` and an Otsu + watershed baseline), writes each net's chosen parameters beside its model
+images, scored on the whole test images with each image at its own scale, for both models, the
+instance-aware 3-class ``contour`` net of ``--contour-runs`` and an Otsu + watershed baseline), writes each
+net's chosen parameters and working diameter beside its model
 (``<model>.params.json``, :mod:`tools.model_params`: what ``make segment`` uses), and writes the nuclei of the
 first ``--images`` whole test images found by the fine-tuned model (overlays) for the report to show.
 
@@ -368,6 +369,14 @@ def run(args):
     train = full["train"] if full["train"]["names"] else None
     object_rows, instances = object_table.evaluate_objects(maps, full["val"], full["test"], val_thresholds,
                                                            train=train)
+    sets = {"val": full["val"], "test": full["test"], **({"train": train} if train else {})}
+    for i, object_row in enumerate(object_rows):
+        key_ = object_row["model"]
+        if key_ in models:
+            net = infer.load_model(models[key_], deploy_of(args, key_, models[key_]), args.gpu)
+            object_rows[i], instances[key_], maps[key_]["test"] = object_table.own_scale_row(
+                object_row, net, maps[key_], sets, dataset["nucleus_diameter_px"])
+            del net
     chosen_on = (f"the first {len(train['names'])} images of {paths['train_full']} and " if train else "") \
         + str(paths["val_full"])
     mcc = {r["model"]: r["mcc"] for r in rows if r["protocol"] in ("val-threshold", "otsu-per-image")}
@@ -378,7 +387,8 @@ def run(args):
         if model is not None:
             object_row.update(model_path=str(model.resolve()), model_sha256=files.sha256_file(model))
             model_params.write_model_params(model, object_row["params"], val=object_row["val"], dataset=dataset,
-                                            chosen_on=chosen_on)
+                                            chosen_on=chosen_on,
+                                            working_diameter_px=object_row["working_diameter_px"])
     text += "\n" + object_table.write_outputs(out, object_rows, full["val"], full["test"], train)
     segment_whole_images(out / "segment", full["test"], maps["after"]["test"], instances["after"],
                          next(r for r in object_rows if r["model"] == "after"), args.images)

@@ -291,9 +291,13 @@ def documentation(name, config, diffs):
     """The package's README.md: what the model is, how to prepare images, what the output means."""
     classes = ", ".join(f"{i}: {c}" for i, c in enumerate(config["classes"]))
     params = config["instance_parameters"]
-    cut = (f"`make evaluate` chose them on the validation images (`{config['instance_parameters_file']}`): "
+    cut = (f"`make evaluate` chose them on the training and validation images (`{config['instance_parameters_file']}`): "
            + ", ".join(f"{k} = {v}" for k, v in params.items()) + " (pixels at the net's scale), for "
-           "`cellfcn.objects.instances_from_maps`.") if params else \
+           "`cellfcn.objects.instances_from_maps`."
+           + (f" `make segment` (`--diameter auto`) runs each image a second time resized so that its nuclei, as "
+              f"the first pass found them, have the working diameter of {config['working_diameter_px']:.1f} px, "
+              "and cuts the maps of that pass resized back." if config["working_diameter_px"] else "")) \
+        if params else \
         "None: `make evaluate` had not chosen instance parameters for this model."
     return f"""# {name}
 
@@ -490,9 +494,9 @@ def export(model, out, net=None, manifest=None, image=None, channel=None, name=N
     files.check_writable(out / f"{name}.bioimageio.zip")
     if model_params.params_path(model).is_file():
         record = model_params.read_model_params(model)
-        dataset, params = record["dataset"], record["params"]
+        dataset, params, working = record["dataset"], record["params"], record["working_diameter_px"]
     elif manifest is not None and Path(manifest).is_file():
-        dataset, params = model_params.read_dataset_preprocessing(manifest), None
+        dataset, params, working = model_params.read_dataset_preprocessing(manifest), None, None
     else:
         raise InputError(f"no preprocessing for {model}: neither {model_params.params_path(model).name} "
                          f"(make evaluate) nor a dataset manifest{f' ({manifest} not found)' if manifest else ''}")
@@ -518,7 +522,7 @@ def export(model, out, net=None, manifest=None, image=None, channel=None, name=N
         "classes": CLASS_NAMES.get(classes, [f"class {i}" for i in range(classes)]),
         "scale": dataset["scale"], "percentiles": list(dataset["percentiles"]),
         "nucleus_diameter_px": dataset.get("nucleus_diameter_px"),
-        "instance_parameters": params,
+        "instance_parameters": params, "working_diameter_px": working,
         "instance_parameters_file": model_params.params_path(model).name if params else None,
         "min_size": min_size, "step": step, "halo": infer.MARGIN, "tile": infer.TILE,
         "onnx_max_abs_diff_to_caffe": diffs,

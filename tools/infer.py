@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-from cellfcn import caffe_env
+from cellfcn import caffe_env, scale
+from cellfcn import objects as O
 from cellfcn.constants import STRIDE
 from prototxt import net as netspec
 
@@ -217,3 +218,55 @@ def segment_image(net, image, tile=TILE, margin=MARGIN, forward=forward_image, p
             maps = np.empty(out.shape[:-2] + padded.shape, dtype=np.float32)
         maps[(Ellipsis, *target)] = out[(Ellipsis, *core)]
     return maps[..., :h, :w]
+
+
+def resize_image(image, factor):
+    """A normalised image resized by ``factor`` (bilinear, anti-aliased when shrinking), float32 in [0, 1]."""
+    from skimage.transform import rescale
+
+    image = np.asarray(image, dtype=np.float32)
+    if factor == 1:
+        return image
+    out = rescale(image, factor, order=1, anti_aliasing=factor < 1, preserve_range=True)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def own_scale_maps(net, image, params, working_diameter, tile=TILE, forward=forward_image, first=None):
+    """The maps of an image resized so that its nuclei have the model's working diameter (:mod:`cellfcn.scale`).
+
+    A first pass cuts the image's nuclei with ``params`` and measures their median diameter; unless that is
+    within :data:`cellfcn.scale.TOLERANCE` of ``working_diameter``, the image resized by
+    :func:`cellfcn.scale.own_factor` goes through the net again and its maps are resized back (bilinear) to the
+    image's shape, where ``params`` cut them as they cut the first pass's.
+
+    Parameters
+    ----------
+    net, tile, forward
+        As in :func:`segment_image`.
+    image : (H, W) array_like of float
+        Normalised, at the run's factor.
+    params : dict
+        Keyword arguments of :func:`cellfcn.objects.instances_from_maps` (the model's own).
+    working_diameter : float
+        Pixels at the net's scale.
+    first : ndarray, optional
+        The first pass's maps, when already computed (:func:`segment_image` of ``image``).
+
+    Returns
+    -------
+    maps : (H, W) or (2, H, W) float32 in [0, 1]
+    factor : float
+        The image's own factor relative to ``image`` (1: the first pass stands).
+    diameter : float
+        The median diameter the first pass measured (NaN with too few nuclei).
+    """
+    from skimage.transform import resize
+
+    maps = segment_image(net, image, tile=tile, forward=forward) if first is None else first
+    diameter = scale.median_diameter(O.instances_from_maps(maps, **params))
+    factor = scale.own_factor(diameter, working_diameter)
+    if factor != 1:
+        second = segment_image(net, resize_image(image, factor), tile=tile, forward=forward)
+        maps = np.clip(resize(second, second.shape[:-2] + np.shape(image), order=1, preserve_range=True,
+                              anti_aliasing=False), 0, 1).astype(np.float32)
+    return maps, factor, diameter

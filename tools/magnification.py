@@ -4,12 +4,14 @@ The real test images (the mnfinder wheel's ``test-data``, the duplicate left out
 and their instance labels are resized by 0.5, 0.67, 1.5 and 2, as if taken at those magnifications (the raw
 image bilinearly, with anti-aliasing when shrinking; the labels as ``data_prep`` resizes them). The images of
 each magnification are segmented as ``make segment`` segments a folder (:mod:`tools.segment`: the model's own
-parameters), twice: with ``--diameter auto`` (the run's factor from the images' own estimates,
-:mod:`cellfcn.scale`) and with the known factor, the dataset's scale divided by the magnification; magnification
-1 at the dataset's factor is the native reference. Per magnification: the run's factor and the images' own
-estimates against the true factor, and object F1 at IoU 0.5 and the DSB score pooled over the images, with the
-estimate and with the known factor. Each image's ``ideal_factor``, the dataset's diameter over the median
-diameter of its true nuclei, shows how far its nuclei differ from the training data's.
+parameters), twice: with ``--diameter auto`` (the run's factor from the images' own estimates, then each image
+at its own scale for the model's working diameter, :mod:`cellfcn.scale`) and with the known factor, the
+dataset's scale divided by the magnification, in one pass; magnification 1 with ``--diameter auto`` is the
+native reference. Per magnification: the run's factor and the images' own estimates against the true factor,
+the factors the images were cut at against their ideal ones, and object F1 at IoU 0.5 and the DSB score pooled
+over the images, with the estimate and with the known factor. Each image's ``ideal_factor``, the dataset's
+diameter over the median diameter of its true nuclei, shows how far its nuclei differ from the training
+data's.
 
 Writes ``<out>/magnification.json`` and ``magnification.md``; a rerun with the same model, parameters, images
 and code finds them up to date.
@@ -30,7 +32,7 @@ from cellfcn.errors import CellfcnError, InputError
 from tools import object_table, infer, model_params, segment
 
 MAGNIFICATIONS = (0.5, 0.67, 1.5, 2.0)
-SCHEMA = 1
+SCHEMA = 2
 #: The issue's goals: estimated factor within 15% of the true one, F1 within 0.03 of native.
 FACTOR_GOAL = 0.15
 F1_GOAL = 0.03
@@ -99,20 +101,22 @@ def evaluate(net, images, settings, magnifications=MAGNIFICATIONS):
     images : list of (name, gray, labels)
         From :func:`wheel_test_images`.
     settings : dict
-        ``params``, ``dataset``, ``channel``, ``tile`` (:mod:`tools.segment`).
+        ``params``, ``dataset``, ``channel``, ``tile``, ``working_diameter_px`` (:mod:`tools.segment`).
     magnifications : sequence of float
 
     Returns
     -------
     dict
-        ``native``: the scores at magnification 1 with the dataset's factor; ``rows``: one per magnification
+        ``native``: the scores at magnification 1 with ``--diameter auto``; ``rows``: one per magnification
         (1 first): ``true_factor``, the run's estimated ``factor`` (:func:`cellfcn.scale.run_factor` of the images'
         own estimates, as ``make segment`` chooses it for a folder), the images' own estimates against the true
-        factor, ``auto`` and ``known`` scores, and ``per_image`` records.
+        factor, each image's ``image_factor`` (the run's factor times its own scale's, with a working diameter)
+        against its ideal one (the working diameter over its true nuclei's median diameter), ``auto`` and
+        ``known`` scores, and ``per_image`` records.
     """
     from tqdm import tqdm
 
-    dataset = settings["dataset"]
+    dataset, working = settings["dataset"], settings["working_diameter_px"]
     rows = []
     steps = tqdm(total=len(images) * (1 + len(magnifications)), desc="magnification", unit="image",
                  file=sys.stderr, disable=None)
@@ -126,23 +130,33 @@ def evaluate(net, images, settings, magnifications=MAGNIFICATIONS):
             record = {"image": name, "n_gt": int(len(np.unique(truth[truth > 0]))),
                       "own_factor": estimate["factor"] if estimate["estimated"] else None,
                       "ideal_factor": object_table.number(ideal_factor(truth, dataset["nucleus_diameter_px"]))}
-            for key, used in (("auto", factor), ("known", true)):
+            for key, used, diameter in (("auto", factor, working), ("known", true, None)):
                 prepared = segment.prepare(image, None, name, used, dataset["percentiles"])
-                found = segment.segment_prepared(net, *prepared, settings["params"], settings["tile"])[1]
+                _, found, own_factor = segment.segment_prepared(net, *prepared, settings["params"], settings["tile"],
+                                                                working_diameter=diameter)
                 result = O.object_scores(truth, found)
                 scores[key].append(result)
-                record[key] = {"f1": object_table.number(result["f1"]), "n_pred": result["n_pred"]}
+                record[key] = {"f1": object_table.number(result["f1"]), "n_pred": result["n_pred"],
+                               "factor": used * own_factor}
+            record["image_factor"] = record["auto"]["factor"] if working else None
+            record["ideal_image_factor"] = object_table.number(ideal_factor(truth, working)) if working else None
             per_image.append(record)
             steps.update()
         ratios = np.array([r["own_factor"] / true for r in per_image if r["own_factor"] is not None])
+        image_ratios = np.array([r["image_factor"] / r["ideal_image_factor"] for r in per_image
+                                 if r["image_factor"] and r["ideal_image_factor"]])
         rows.append({"magnification": magnification, "true_factor": true, "factor": factor,
                      "factor_ratio": factor / true,
                      "own_ratio_median": float(np.median(ratios)) if ratios.size else None,
                      "own_ratio_range": [float(ratios.min()), float(ratios.max())] if ratios.size else None,
                      "own_within_goal": int(np.sum(np.abs(ratios - 1) <= FACTOR_GOAL)),
+                     "image_ratio_median": float(np.median(image_ratios)) if image_ratios.size else None,
+                     "image_ratio_range": [float(image_ratios.min()), float(image_ratios.max())]
+                     if image_ratios.size else None,
+                     "image_within_goal": int(np.sum(np.abs(image_ratios - 1) <= FACTOR_GOAL)),
                      "auto": _pooled(scores["auto"]), "known": _pooled(scores["known"]), "per_image": per_image})
     steps.close()
-    native = rows[0]["known"]
+    native = rows[0]["auto"]
     for row in rows:
         row["f1_auto_minus_native"] = None if None in (row["auto"]["f1"], native["f1"]) else \
             row["auto"]["f1"] - native["f1"]
@@ -155,26 +169,39 @@ def markdown(result):
     total = len(first["per_image"])
     lines = [f"Magnification test ({total} real test images, {first['auto']['n_gt']} nuclei at magnification 1; "
              f"model {Path(result['model']).name}; {result['machine']}): the images and their labels resized as "
-             "if taken at another magnification, segmented with DIAMETER=auto (one resize factor for the "
-             "images of one magnification: the median of their own estimates) and with the known factor "
-             f"(dataset scale / magnification). Own estimates: each image's, against the true factor, median "
-             f"[min, max] and how many within {FACTOR_GOAL:.0%}. F1 at IoU 0.5 and DSB score pooled over the "
-             "images; native: magnification 1 at the dataset's factor.", "",
+             "if taken at another magnification, segmented with DIAMETER=auto (the run's factor for the "
+             "images of one magnification: the median of their own classical estimates; then each image at its "
+             "own scale, its nuclei as the net's first pass found them resized to the model's working diameter "
+             f"{_diameter(result)}) and with the known factor (dataset scale / magnification, one pass). Own "
+             "estimates: each image's classical one against the true factor; image factors: the factor each "
+             "image's nuclei were cut at against its ideal one (working diameter / its true nuclei's median "
+             f"diameter); median [min, max] and how many within {FACTOR_GOAL:.0%}. F1 at IoU 0.5 and DSB "
+             "score pooled over the images; native: magnification 1 with DIAMETER=auto.", "",
              "| magnification | true factor | DIAMETER=auto factor (/ true) | own estimates / true | within 15% | "
-             "F1 auto | F1 known factor | F1 auto - native | DSB auto | DSB known factor |", "|" + "---|" * 10]
+             "image factors / ideal | within 15% | F1 auto | F1 known factor | F1 auto - native | DSB auto | "
+             "DSB known factor |", "|" + "---|" * 12]
 
     def cell(value, signed=False):
         return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
+    def spread(median, interval):
+        return "–" if interval is None else f"{median:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
     for row in result["rows"]:
-        spread = "–" if row["own_ratio_range"] is None else \
-            f"{row['own_ratio_median']:.2f} [{row['own_ratio_range'][0]:.2f}, {row['own_ratio_range'][1]:.2f}]"
         lines.append(f"| {row['magnification']:g}{' (native)' if row['magnification'] == 1 else ''} | "
-                     f"{row['true_factor']:.3f} | {row['factor']:.3f} ({row['factor_ratio']:.2f}) | {spread} | "
-                     f"{row['own_within_goal']} / {total} | {cell(row['auto']['f1'])} | {cell(row['known']['f1'])} | "
+                     f"{row['true_factor']:.3f} | {row['factor']:.3f} ({row['factor_ratio']:.2f}) | "
+                     f"{spread(row['own_ratio_median'], row['own_ratio_range'])} | {row['own_within_goal']} / {total} | "
+                     f"{spread(row['image_ratio_median'], row['image_ratio_range'])} | "
+                     f"{row['image_within_goal'] if row['image_ratio_range'] else 0} / {total} | "
+                     f"{cell(row['auto']['f1'])} | {cell(row['known']['f1'])} | "
                      f"{cell(row['f1_auto_minus_native'], True)} | {cell(row['auto']['dsb_score'])} | "
                      f"{cell(row['known']['dsb_score'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _diameter(result):
+    working = result.get("working_diameter_px")
+    return f"({working:.1f} px)" if working else "(none: one pass at the run's factor)"
 
 
 def _range(value):
@@ -188,6 +215,8 @@ RESULT = schema.Schema("magnification test", SCHEMA, "make evaluate", {
     "rows": [{"magnification": schema.positive(), "true_factor": schema.positive(), "factor": schema.positive(),
               "factor_ratio": schema.positive(), "own_ratio_median": schema.number(0, null=True),
               "own_ratio_range": _range, "own_within_goal": schema.integer(0),
+              "image_ratio_median": schema.number(0, null=True), "image_ratio_range": _range,
+              "image_within_goal": schema.integer(0),
               "auto": {**_F1_DSB, "n_gt": schema.integer(0)}, "known": _F1_DSB, "per_image": [dict],
               "f1_auto_minus_native": schema.number(-1, 1, null=True)}]},
     check=lambda result: None if result["rows"] else "rows is empty")
@@ -233,7 +262,8 @@ def run(args):
     if not Path(args.wheel).is_file():
         raise InputError(f"{args.wheel}: no such file (`make data` downloads it)")
     record = model_params.read_model_params(model)
-    settings = {"params": record["params"], "dataset": record["dataset"], "channel": None, "tile": args.tile}
+    settings = {"params": record["params"], "dataset": record["dataset"], "channel": None, "tile": args.tile,
+                "working_diameter_px": record["working_diameter_px"]}
     key = files.digest(record["model_sha256"], settings, files.sha256_file(args.wheel), args.max_images,
                        list(MAGNIFICATIONS), files.code_digest(cellfcn, tools))
     path = out / "magnification.json"
@@ -249,6 +279,7 @@ def run(args):
     result = evaluate(net, wheel_test_images(args.wheel, args.max_images), settings)
     result.update(schema_version=SCHEMA, key=key, model=str(model.absolute()), model_sha256=record["model_sha256"],
                   params=record["params"], dataset=record["dataset"],
+                  working_diameter_px=record["working_diameter_px"],
                   machine=args.machine or (f"{os.cpu_count()} CPU cores" if args.gpu is None else f"GPU {args.gpu}"),
                   estimate={k: getattr(scale, k) for k in ("TOLERANCE", "MAX_PASSES", "KEEP", "STEP", "MIN_AREA")},
                   goals={"factor_within": FACTOR_GOAL, "f1_within": F1_GOAL},

@@ -1,7 +1,8 @@
 """The instance parameters chosen for one trained model, kept beside it: ``<model>.params.json``.
 
 ``make evaluate`` chooses the parameters that cut a model's maps into nuclei (threshold, opening, minimum area,
-marker settings) on the whole training and validation images and writes them here with the model's SHA-256, its
+marker settings, the working diameter each image is resized to: :mod:`cellfcn.scale`) on the whole training
+and validation images and writes them here with the model's SHA-256, its
 validation scores and the preprocessing of the dataset it was trained on (resize factor, normalisation
 percentiles, median nucleus diameter at the net's scale). ``make segment MODEL=x`` reads x's own file, so
 parameters chosen for one model are never applied to another.
@@ -11,13 +12,14 @@ from pathlib import Path
 from cellfcn import files, schema
 from cellfcn.errors import InputError
 
-SCHEMA = 1
+SCHEMA = 2
 SUFFIX = ".params.json"
 #: The preprocessing a model was trained with, as segmentation needs it.
 DATASET = {"scale": schema.positive(16), "percentiles": schema.ordered_pair(0, 100),
            "nucleus_diameter_px": schema.positive()}
 PARAMS = schema.Schema("instance parameters", SCHEMA, "make evaluate",
-                       {"model_sha256": str, "params": dict, "val": dict, "dataset": DATASET, "chosen_on": str})
+                       {"model_sha256": str, "params": dict, "val": dict, "dataset": DATASET, "chosen_on": str,
+                        "working_diameter_px": schema.number(0, null=True)})
 
 
 def params_path(model):
@@ -49,7 +51,7 @@ def read_dataset_preprocessing(path):
     return dataset_preprocessing(schema.load_dataset(path), f"dataset manifest {path}")
 
 
-def write_model_params(model, params, *, val, dataset, chosen_on):
+def write_model_params(model, params, *, val, dataset, chosen_on, working_diameter_px=None):
     """Write ``<model>.params.json`` atomically.
 
     Parameters
@@ -64,9 +66,13 @@ def write_model_params(model, params, *, val, dataset, chosen_on):
         :func:`dataset_preprocessing` of the training dataset.
     chosen_on : str
         What the parameters were chosen on (the whole-image files).
+    working_diameter_px : float, optional
+        The nucleus diameter (pixels at the net's scale) each image is resized to before the cut
+        (:mod:`cellfcn.scale`); None: the images stay at the run's factor.
     """
     record = {"schema_version": SCHEMA, "model_sha256": files.sha256_file(model), "params": dict(params),
-              "val": dict(val), "dataset": dict(dataset), "chosen_on": str(chosen_on)}
+              "val": dict(val), "dataset": dict(dataset), "chosen_on": str(chosen_on),
+              "working_diameter_px": None if working_diameter_px is None else float(working_diameter_px)}
     files.write_json(params_path(model), schema.require(record, PARAMS, "instance parameters"))
 
 
@@ -77,7 +83,7 @@ def read_model_params(model):
     -------
     dict
         ``params``, ``val``, ``dataset`` (``scale``, ``percentiles``, ``nucleus_diameter_px``), ``model_sha256``,
-        ``chosen_on``.
+        ``chosen_on``, ``working_diameter_px``.
 
     Raises
     ------

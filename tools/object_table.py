@@ -15,8 +15,13 @@ come from :func:`cellfcn.objects.instances_from_contour`: markers from its inter
 chosen the same way), and ``otsu``, the classical baseline: Otsu's threshold per whole image, then the
 same distance-transform watershed as the two-class nets, its opening and minimum area chosen the same way.
 
+The nets' rows are then scored with every image at its own scale (:func:`own_scale_row`,
+:func:`tools.infer.own_scale_maps`: a second pass of the net with the image resized so that its nuclei, as the
+first pass found them, have the model's working diameter), the working diameter chosen on the same images
+after the parameters; the one-pass scores stay in the row (``dataset_scale``).
+
 Writes ``objects.json`` (``schema_version``, one row per model: chosen ``params``, the images they were chosen
-on and their F1/DSB there, validation F1/DSB,
+on and their F1/DSB there, validation F1/DSB, for the nets the working diameter and the one-pass scores,
 ``pooled`` scores, per-image ``images``, and for the nets ``model_path`` and ``model_sha256``; undefined
 ratios are ``null``) and ``objects.md``. :mod:`tools.evaluate` also writes each net's chosen parameters beside
 its model (:mod:`tools.model_params`), where ``make segment`` finds them.
@@ -27,12 +32,12 @@ import sys
 import h5py
 import numpy as np
 
-from cellfcn import files, schema
+from cellfcn import files, scale, schema
 from cellfcn import objects as O
 from cellfcn.errors import InputError
 from tools import infer
 
-OBJECTS_SCHEMA = 3
+OBJECTS_SCHEMA = 4
 # The parameter grids searched on the training and validation images (kept small: each setting is a watershed
 # per image); make evaluate adds each model's Table 1 validation threshold to the thresholds.
 NET_GRID = {"thresholds": (0.3, 0.5, 0.7), "opening_radii": (0, 1), "min_areas": (10, 30)}
@@ -97,6 +102,31 @@ def number(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def score_params(key, maps, sets, params):
+    """Score fixed instance parameters: the validation images alone and every test image.
+
+    Returns
+    -------
+    fields : dict
+        ``model``, ``name``, ``params``, ``val`` (pooled F1 and DSB score of the validation images), ``pooled``
+        and ``images`` (per test image) scores.
+    predictions : list of (H, W) int32
+        Instance labels of the test images.
+    """
+    val = O.pooled_object_scores(O.object_scores(gt, O.instances_from_maps(m, **params))
+                                 for gt, m in zip(sets["val"]["labels"], maps["val"]))
+    predictions = [O.instances_from_maps(m, **params) for m in maps["test"]]
+    scores = [O.object_scores(gt, pred) for gt, pred in zip(sets["test"]["labels"], predictions)]
+    pooled = O.pooled_object_scores(scores)
+    at = O.DSB_IOU_THRESHOLDS.index(O.MATCH_IOU)
+    return {"model": key, "name": NAMES[key], "params": dict(params),
+            "val": {k: number(val[k]) for k in ("f1", "dsb_score")},
+            "pooled": {**{k: number(pooled[k]) for k in POOLED},
+                       **{k: pooled[k][at] for k in ("tp", "fp", "fn")}},
+            "images": [{"image": name, **{k: number(s[k]) for k in PER_IMAGE}}
+                       for name, s in zip(sets["test"]["names"], scores)]}, predictions
+
+
 def model_row(key, maps, sets, grid):
     """Choose the instance parameters on the training and validation images, score them on the test images.
 
@@ -113,30 +143,83 @@ def model_row(key, maps, sets, grid):
     Returns
     -------
     row : dict
-        ``model``, ``name``, ``params``, ``chosen_on`` (images per split), ``choice`` (pooled F1 and DSB score
-        of the chosen setting on those images), ``val`` (the same on the validation images alone, which no net
-        trained on), ``pooled`` and ``images`` (per test image) scores.
+        :func:`score_params`'s fields and ``grid``, ``chosen_on`` (images per split), ``choice`` (pooled F1 and
+        DSB score of the chosen setting on those images).
     predictions : list of (H, W) int32
         Instance labels of the test images.
     """
     choice = [k for k in ("train", "val") if k in maps]
     chosen = O.choose_instance_params([m for k in choice for m in maps[k]],
                                       [g for k in choice for g in sets[k]["labels"]], **grid)
-    val = O.pooled_object_scores(O.object_scores(gt, O.instances_from_maps(m, **chosen["params"]))
-                                 for gt, m in zip(sets["val"]["labels"], maps["val"]))
-    predictions = [O.instances_from_maps(m, **chosen["params"]) for m in maps["test"]]
-    scores = [O.object_scores(gt, pred) for gt, pred in zip(sets["test"]["labels"], predictions)]
-    pooled = O.pooled_object_scores(scores)
-    at = O.DSB_IOU_THRESHOLDS.index(O.MATCH_IOU)
-    row = {"model": key, "name": NAMES[key], "params": chosen["params"], "grid": grid,
-           "chosen_on": {k: len(maps[k]) for k in choice},
-           "choice": {k: number(chosen["scores"][k]) for k in ("f1", "dsb_score")},
-           "val": {k: number(val[k]) for k in ("f1", "dsb_score")},
-           "pooled": {**{k: number(pooled[k]) for k in POOLED},
-                      **{k: pooled[k][at] for k in ("tp", "fp", "fn")}},
-           "images": [{"image": name, **{k: number(s[k]) for k in PER_IMAGE}}
-                      for name, s in zip(sets["test"]["names"], scores)]}
+    row, predictions = score_params(key, maps, sets, chosen["params"])
+    row.update(grid=grid, chosen_on={k: len(maps[k]) for k in choice},
+               choice={k: number(chosen["scores"][k]) for k in ("f1", "dsb_score")})
     return row, predictions
+
+
+def own_scale_row(row, net, maps, sets, dataset_diameter, ratios=scale.WORKING_RATIOS, forward=infer.forward_image):
+    """A net's row again, with every image at its own scale (:func:`tools.infer.own_scale_maps`).
+
+    The row's parameters stay; its working diameter is the ratio of ``dataset_diameter`` whose maps score the
+    best pooled F1 on the row's choice images (the smallest on a tie). The row's scores at the dataset's scale
+    move to ``dataset_scale``.
+
+    Parameters
+    ----------
+    row : dict
+        From :func:`model_row`.
+    net : caffe.Net
+        The row's model.
+    maps : dict of split -> list of maps
+        The row's maps at the dataset's scale (the first pass).
+    sets : dict of split -> :func:`load_full` dict
+    dataset_diameter : float
+        The training nuclei's median diameter at the dataset's scale.
+    ratios : sequence of float
+    forward : callable
+        As in :func:`tools.infer.segment_image`.
+
+    Returns
+    -------
+    row : dict
+        ``row`` with ``working_ratio``, ``working_diameter_px``, ``working_choice`` (F1 on the choice images per
+        ratio), ``choice``, ``val``, ``pooled`` and ``images`` (with each test image's ``own_factor``) at the
+        images' own scales, and ``dataset_scale`` (the pooled F1, DSB score, cells found and val F1 before).
+    predictions : list of (H, W) int32
+        Instance labels of the test images.
+    test_maps : list of ndarray
+        The test images' maps at their own scales.
+    """
+    from tqdm import tqdm
+
+    params, choice = row["params"], list(row["chosen_on"])
+
+    def own(split, working):
+        pairs = zip(sets[split]["images"], maps[split])
+        return [infer.own_scale_maps(net, image, params, working, forward=forward, first=first)
+                for image, first in tqdm(list(pairs), desc=f"{row['model']}: {split} at own scale", unit="image",
+                                         file=sys.stderr, leave=False)]
+
+    best = None
+    tries = []
+    for ratio in ratios:
+        scaled = {k: [m for m, _, _ in own(k, ratio * dataset_diameter)] for k in choice}
+        scores = O.pooled_object_scores(O.object_scores(gt, O.instances_from_maps(m, **params))
+                                        for k in choice for gt, m in zip(sets[k]["labels"], scaled[k]))
+        tries.append({"ratio": ratio, "f1": number(scores["f1"]), "dsb_score": number(scores["dsb_score"])})
+        if best is None or scores["f1"] > best[0]["f1"]:
+            best = (scores, ratio, scaled)
+    scores, ratio, scaled = best
+    test = own("test", ratio * dataset_diameter)
+    test_maps = [m for m, _, _ in test]
+    fields, predictions = score_params(row["model"], {**scaled, "test": test_maps}, sets, params)
+    for record, (_, factor, _) in zip(fields["images"], test):
+        record["own_factor"] = factor
+    before = {"f1": row["pooled"]["f1"], "dsb_score": row["pooled"]["dsb_score"],
+              "n_pred": row["pooled"]["n_pred"], "val_f1": row["val"]["f1"]}
+    return {**row, **fields, "working_ratio": ratio, "working_diameter_px": ratio * dataset_diameter,
+            "working_choice": tries, "choice": {k: number(scores[k]) for k in ("f1", "dsb_score")},
+            "dataset_scale": before}, predictions, test_maps
 
 
 def evaluate_objects(maps, val, test, val_thresholds=None, train=None):
@@ -189,7 +272,7 @@ def markdown(rows):
     threshold on its interior map)."""
     header = ["Model", "threshold", "opening", "min area", "precision", "recall", "F1", "DSB score",
               "mean image DSB", "cells (truth / found)", "mean abs count error", "mean rel count error",
-              "val F1", "pixel MCC"]
+              "val F1", "pixel MCC", "working diameter (px)", "F1 at the dataset's scale"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         p, s = row["params"], row["pooled"]
@@ -199,7 +282,8 @@ def markdown(rows):
         cells = [row["name"], threshold, str(p["opening_radius"]), str(p["min_area"]),
                  *(_cell(s[k]) for k in ("precision", "recall", "f1", "dsb_score", "mean_image_dsb_score")),
                  f"{s['n_gt']} / {s['n_pred']}", _cell(s["mean_abs_count_error"], 1),
-                 _cell(s["mean_rel_count_error"]), _cell(row["val"]["f1"]), _cell(row.get("pixel_mcc"))]
+                 _cell(s["mean_rel_count_error"]), _cell(row["val"]["f1"]), _cell(row.get("pixel_mcc")),
+                 _cell(row.get("working_diameter_px"), 1), _cell(row.get("dataset_scale", {}).get("f1"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -214,7 +298,11 @@ def caption(n_images, n_val, n_train=0):
             "and F1: unique one-to-one matching at IoU >= 0.5, pooled over the images; DSB score: mean over "
             "IoU 0.5-0.95 of TP / (TP + FP + FN), pooled (mean image DSB: its mean over images); count "
             "errors: |found - true| per image, absolute and relative to the true count; pixel MCC: the "
-            "model's nucleus pixels on the test patches at its validation threshold (Table 1's protocol).\n\n")
+            "model's nucleus pixels on the test patches at its validation threshold (Table 1's protocol). The "
+            "nets' images at their own scale (make segment's DIAMETER=auto): each resized so that its nuclei, as "
+            "the net's first pass found them, have the model's working diameter, chosen with its parameters "
+            f"from {', '.join(f'{r:g}' for r in scale.WORKING_RATIOS)} times the training nuclei's; F1 at the "
+            "dataset's scale: one pass at the dataset's factor, as before.\n\n")
 
 
 def write_outputs(out, rows, val, test, train=None):

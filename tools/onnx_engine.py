@@ -136,7 +136,8 @@ def forward(session, window):
 
 def package_config(package):
     """``config.cellfcn`` of an exported package: ``scale``, ``percentiles``, ``nucleus_diameter_px``,
-    ``instance_parameters`` (None when ``make evaluate`` had not chosen them), ``classes``, the source model.
+    ``instance_parameters`` and ``working_diameter_px`` (None when ``make evaluate`` had not chosen them),
+    ``classes``, the source model.
 
     Raises
     ------

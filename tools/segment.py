@@ -21,8 +21,11 @@ file's size.
   measured first (a classical segmentation, no net) and the run's resize factor is the median of the images'
   estimates, the dataset's own factor when that is within 15% of it (images like the training data);
   ``--diameter <px>``: the typical nucleus diameter of the images in their own pixels sets the factor (the
-  dataset's diameter / px); ``--scale <f>``: the factor itself. Every record and ``counts.csv`` give the factor
-  used, whether it was estimated, and the image's own estimate.
+  dataset's diameter / px); ``--scale <f>``: the factor itself. With ``--diameter auto`` and the model's own
+  parameters, each image then goes through the net a second time at its own scale, its nuclei resized to the
+  model's working diameter as the net's first pass measured them (:func:`tools.infer.own_scale_maps`, as
+  ``make evaluate`` scored the model). Every record and ``counts.csv`` give the run's factor, whether it was
+  estimated, the image's own classical estimate and ``image_factor``, the factor its nuclei were cut at.
 - Per image: ``<stem>_prob.tif`` (float32 nucleus probability), ``<stem>_labels.tif`` (int32 instances),
   ``<stem>_overlay.png`` (instance outlines in red) and ``<stem>.json`` (its record); for the run
   ``counts.csv`` (file, cells, areas, channel, factor, status, error); for the folder ``manifest.json`` (every
@@ -64,7 +67,7 @@ from tools import infer, model_params, onnx_engine
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 CSV_FIELDS = ("file", "status", "cells", "mean_area_px", "median_area_px", "min_area_px", "max_area_px",
               "median_diameter_px", "cell_fraction", "height", "width", "channel", "factor", "factor_estimated",
-              "image_estimate", "error")
+              "image_estimate", "image_factor", "error")
 OUTPUT_ENDS = ("_prob.tif", "_labels.tif", "_overlay.png")
 FOLDER_MANIFEST = "manifest.json"
 FOLDER_SCHEMA = 1
@@ -148,12 +151,14 @@ def area_stats(labels):
     return stats
 
 
-def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=infer.forward_image):
+def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=infer.forward_image,
+                     working_diameter=None):
     """Nucleus probability and instance labels of one prepared image, both at the size of ``image``.
 
     The nuclei are cut out at the net's scale, where ``make evaluate`` chose ``params`` (areas and distances
     in pixels of the dataset's scale); then the map is resized back bilinearly and the labels by nearest
-    neighbour.
+    neighbour. With ``working_diameter`` the maps are those of the image at its own scale
+    (:func:`tools.infer.own_scale_maps`).
 
     Parameters
     ----------
@@ -168,6 +173,8 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=inf
     forward : callable
         ``forward(net, window)`` (:func:`tools.infer.segment_image`): Caffe's, or
         :func:`tools.onnx_engine.forward` for a session.
+    working_diameter : float, optional
+        The model's working diameter (pixels at the net's scale); None: one pass at ``net_input``'s scale.
 
     Returns
     -------
@@ -175,10 +182,15 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=inf
         The nucleus probability (:func:`tools.infer.nucleus_probability` of the net's maps).
     labels : (H, W) int32
         Nuclei 1..n in raster order.
+    own_factor : float
+        The second pass's factor relative to ``net_input`` (1: none).
     """
     from cellfcn.images import relabel_raster_order
 
-    maps = infer.segment_image(net, net_input, tile=tile, forward=forward)
+    if working_diameter is None:
+        maps, own_factor = infer.segment_image(net, net_input, tile=tile, forward=forward), 1.0
+    else:
+        maps, own_factor, _ = infer.own_scale_maps(net, net_input, params, working_diameter, tile, forward)
     labels = O.instances_from_maps(maps, **params)
     prob = infer.nucleus_probability(maps)
     if prob.shape != np.shape(image):
@@ -187,7 +199,7 @@ def segment_prepared(net, image, net_input, params, tile=infer.TILE, forward=inf
         prob = np.clip(resize(prob, np.shape(image), order=1, preserve_range=True), 0, 1).astype(np.float32)
         labels = relabel_raster_order(np.rint(resize(labels, np.shape(image), order=0, preserve_range=True,
                                                      anti_aliasing=False)).astype(np.int64))
-    return prob, labels
+    return prob, labels, own_factor
 
 
 def estimate_raw(raw, name, settings):
@@ -267,8 +279,9 @@ def code_digest():
 
 def run_digest(settings):
     """Digest of everything that decides one image's outputs except the image: engine, model, net,
-    parameters, the preprocessing, the resize factor and the code."""
-    keys = ("engine", "model_sha256", "deploy_sha256", "params", "dataset", "factor", "channel", "tile")
+    parameters, the preprocessing, the resize factor, the working diameter and the code."""
+    keys = ("engine", "model_sha256", "deploy_sha256", "params", "dataset", "factor", "working_diameter_px",
+            "channel", "tile")
     return files.digest({k: settings[k] for k in keys}, settings["code"])
 
 
@@ -365,13 +378,15 @@ def segment_file(path, stem, settings, estimate=None):
         gray, channel = gray_channel(read_array(path), settings["channel"], str(path))
         image, net_input = prepare(gray, None, str(path), settings["factor"], settings["dataset"]["percentiles"])
         net, forward = _net(settings)
-        prob, labels = segment_prepared(net, image, net_input, settings["params"], settings["tile"], forward)
+        prob, labels, own_factor = segment_prepared(net, image, net_input, settings["params"], settings["tile"],
+                                                    forward, settings["working_diameter_px"])
         names = save_outputs(out, stem, image, prob, labels)
         own = estimate.get("factor") if estimate and estimate.get("estimated") else None
         row = {"file": str(path), "status": "done", **area_stats(labels), "height": int(image.shape[0]),
                "width": int(image.shape[1]), "channel": channel, "factor": round(settings["factor"], 6),
                "factor_estimated": settings["factor_estimated"],
-               "image_estimate": None if own is None else round(own, 6), "error": ""}
+               "image_estimate": None if own is None else round(own, 6),
+               "image_factor": round(settings["factor"] * own_factor, 6), "error": ""}
         files.write_json(record_path, {"digest": key, "stem": stem, "source": str(Path(path).absolute()),
                                        "source_sha256": source_sha256, "row": row,
                                        "factor_from": settings["factor_from"], "estimate": estimate,
@@ -516,13 +531,14 @@ def update_folder_manifest(out, manifest, images, rows, settings):
         manifest["images"][stem] = entry
     manifest["last_run"] = {k: settings[k] for k in ("engine", "model", "model_sha256", "deploy", "params",
                                                        "dataset", "factor", "factor_estimated", "factor_from",
-                                                       "params_from", "digest")}
+                                                       "working_diameter_px", "params_from", "digest")}
     files.write_json(Path(out) / FOLDER_MANIFEST, manifest)
 
 
-def make_settings(args, model, params, dataset, params_from):
+def make_settings(args, model, params, dataset, params_from, working_diameter=None):
     """The picklable description of a run that every image's step needs; ``factor`` is the resize factor, or
-    "auto" until :func:`choose_factor` sets it."""
+    "auto" until :func:`choose_factor` sets it; ``working_diameter_px`` is the model's working diameter with
+    ``--diameter auto`` (each image at its own scale), else None."""
     if args.engine == "onnx":
         model_sha256, deploy, deploy_sha256 = onnx_engine.weights_sha256(model), None, None
     else:
@@ -532,6 +548,8 @@ def make_settings(args, model, params, dataset, params_from):
                 "deploy": deploy, "deploy_sha256": deploy_sha256, "gpu": args.gpu, "params": params,
                 "params_from": params_from, "dataset": dataset,
                 "factor": resolve_factor(args, dataset), "factor_estimated": False,
+                "working_diameter_px": working_diameter if args.diameter in (None, "auto") and args.scale is None
+                else None,
                 "factor_from": (f"--scale {args.scale:g}" if args.scale is not None else "--diameter auto"
                                 if args.diameter in (None, "auto") else f"--diameter {args.diameter:g} px"),
                 "channel": args.channel, "tile": args.tile, "out": str(Path(args.out).absolute()),
@@ -668,7 +686,7 @@ FLAGS = {"threshold": "--threshold", "opening_radius": "--opening", "min_area": 
 def package_record(package):
     """What an exported package recorded for segmentation (``config.cellfcn``, :mod:`tools.onnx_engine`), in
     the form of :func:`tools.model_params.read_model_params`: ``params`` (None when ``make evaluate`` had not
-    chosen them) and ``dataset``; None for a bare ``.onnx`` (nothing recorded).
+    chosen them), ``dataset`` and ``working_diameter_px``; None for a bare ``.onnx`` (nothing recorded).
 
     Raises
     ------
@@ -680,7 +698,8 @@ def package_record(package):
     config = onnx_engine.package_config(package)
     dataset = {k: config.get(k) for k in model_params.DATASET}  # a model's preprocessing, as the manifest's
     schema.require(dataset, model_params.DATASET, f"{package}: config.cellfcn")
-    return {"params": config.get("instance_parameters"), "dataset": dataset}
+    return {"params": config.get("instance_parameters"), "dataset": dataset,
+            "working_diameter_px": config.get("working_diameter_px")}
 
 
 def resolve_params(args, model, classes):
@@ -700,6 +719,8 @@ def resolve_params(args, model, classes):
         ``scale``, ``percentiles``, ``nucleus_diameter_px``.
     params_from : str
         ``"explicit"``, the parameters file or the package.
+    working_diameter : float or None
+        The model's working diameter (:mod:`cellfcn.scale`) from its record; None with explicit parameters.
 
     Raises
     ------
@@ -745,7 +766,8 @@ def resolve_params(args, model, classes):
         O.instances_from_maps(np.zeros((2, 1, 1) if classes == 3 else (1, 1), np.float32), **params)
     except ValueError as err:
         raise InputError(f"instance parameters {params} do not suit {model} ({classes} classes): {err}") from None
-    return params, dataset, "explicit" if given else str(source)
+    working = None if given else record.get("working_diameter_px")
+    return params, dataset, "explicit" if given else str(source), working
 
 
 def resolve_factor(args, dataset):
