@@ -196,18 +196,14 @@ def test_own_scale_maps_resize_nuclei_of_known_size_to_the_working_diameter(radi
 
 
 def test_own_scale_maps_keep_the_first_pass_at_the_working_diameter():
+    from cellfcn import objects as O
     from tools import infer
 
     image, _ = nuclei((200, 200), 10, 10, np.random.default_rng(3))
     image = image.astype(np.float32) / image.max()
     calls = []
     params = dict(threshold=0.5, opening_radius=0, min_area=10)
-    maps, factor, diameter = infer.own_scale_maps(None, image, params, diameter_of(image, params),
+    working = scale.median_diameter(O.instances_from_maps(image, **params))
+    maps, factor, diameter = infer.own_scale_maps(None, image, params, working,
                                                   forward=lambda net, window: calls.append(1) or window)
     assert factor == 1.0 and len(calls) == 1 and np.array_equal(maps, image)
-
-
-def diameter_of(image, params):
-    from cellfcn import objects as O
-
-    return scale.median_diameter(O.instances_from_maps(image, **params))
