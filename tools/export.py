@@ -291,7 +291,8 @@ def documentation(name, config, diffs):
     """The package's README.md: what the model is, how to prepare images, what the output means."""
     classes = ", ".join(f"{i}: {c}" for i, c in enumerate(config["classes"]))
     params = config["instance_parameters"]
-    cut = (f"`make evaluate` chose them on the training and validation images (`{config['instance_parameters_file']}`): "
+    cut = (f"`make evaluate` chose them on the training and validation images "
+           f"(`{config['instance_parameters_file']}`): "
            + ", ".join(f"{k} = {v}" for k, v in params.items()) + " (pixels at the net's scale), for "
            "`cellfcn.objects.instances_from_maps`."
            + (f" `make segment` (`--diameter auto`) runs each image a second time resized so that its nuclei, as "

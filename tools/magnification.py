@@ -190,9 +190,10 @@ def markdown(result):
     for row in result["rows"]:
         lines.append(f"| {row['magnification']:g}{' (native)' if row['magnification'] == 1 else ''} | "
                      f"{row['true_factor']:.3f} | {row['factor']:.3f} ({row['factor_ratio']:.2f}) | "
-                     f"{spread(row['own_ratio_median'], row['own_ratio_range'])} | {row['own_within_goal']} / {total} | "
+                     f"{spread(row['own_ratio_median'], row['own_ratio_range'])} | "
+                     f"{row['own_within_goal']} / {total} | "
                      f"{spread(row['image_ratio_median'], row['image_ratio_range'])} | "
-                     f"{row['image_within_goal'] if row['image_ratio_range'] else 0} / {total} | "
+                     f"{row['image_within_goal']} / {total} | "
                      f"{cell(row['auto']['f1'])} | {cell(row['known']['f1'])} | "
                      f"{cell(row['f1_auto_minus_native'], True)} | {cell(row['auto']['dsb_score'])} | "
                      f"{cell(row['known']['dsb_score'])} |")
