@@ -344,6 +344,19 @@ def mask_labels(array, name="mask"):
     return label_regions(cell, background=0, connectivity=2).astype(np.int32)
 
 
+def resize_normalized(image, scale):
+    """A normalised image resized by ``scale`` as the training data were (bilinear, anti-aliased when shrinking,
+    sides ``round(side * scale)``, at least 1), float32 clipped to [0, 1]."""
+    from skimage.transform import resize
+
+    image = np.asarray(image, dtype=np.float32)
+    if scale == 1:
+        return image
+    shape = tuple(max(1, int(round(s * scale))) for s in image.shape)
+    out = resize(image, shape, order=1, anti_aliasing=scale < 1, preserve_range=True)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
 def resize_labels(labels, mask):
     """Instance labels resized to the shape of ``mask``, the mask resized by :func:`data_prep.real.prepare_pair`.
 

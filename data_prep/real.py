@@ -5,7 +5,7 @@ from skimage.transform import resize
 
 from cellfcn.constants import PCT_HIGH, PCT_LOW
 from cellfcn.errors import InputError
-from cellfcn.images import mask_labels, resize_labels, to_gray
+from cellfcn.images import mask_labels, resize_labels, resize_normalized, to_gray
 from cellfcn.scale import pooled_median_diameter
 
 from .augment import augment_dihedral
@@ -43,10 +43,8 @@ def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LO
                          f"{mask.shape[1]}x{mask.shape[0]}")
     image = normalize_percentile(image, *pct, name=name)
     if scale != 1:
-        shape = tuple(max(1, int(round(s * scale))) for s in image.shape)
-        image = resize(image, shape, order=1, anti_aliasing=scale < 1, preserve_range=True)
-        image = np.clip(image, 0, 1).astype(np.float32)
-        mask = resize(mask.astype(np.float32), shape, order=1, anti_aliasing=scale < 1) >= 0.5
+        image = resize_normalized(image, scale)
+        mask = resize(mask.astype(np.float32), image.shape, order=1, anti_aliasing=scale < 1) >= 0.5
         labels = resize_labels(labels, mask)
     return image, mask, labels
 

@@ -8,6 +8,7 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from cellfcn import scale
+from cellfcn.images import resize_normalized
 
 DATASET_DIAMETER = 20.0  # the training nuclei's median diameter at the net's scale (mnfinder at 0.75: about 20)
 
@@ -188,7 +189,7 @@ def test_own_scale_maps_resize_nuclei_of_known_size_to_the_working_diameter(radi
     assert diameter == pytest.approx(truth, rel=0.1)
     assert factor == pytest.approx(DATASET_DIAMETER / diameter)
     assert seen[-1][0] >= round(240 * factor) and maps.shape == image.shape  # the second pass ran resized
-    again = scale.median_diameter(O.instances_from_maps(infer.resize_image(image, factor), **params))
+    again = scale.median_diameter(O.instances_from_maps(resize_normalized(image, factor), **params))
     assert again == pytest.approx(DATASET_DIAMETER, rel=0.1)
     found = O.instances_from_maps(maps, **params)
     assert abs(int(found.max()) - int(labels.max())) <= 2

@@ -16,6 +16,7 @@ import numpy as np
 from cellfcn import caffe_env, scale
 from cellfcn import objects as O
 from cellfcn.constants import STRIDE
+from cellfcn.images import resize_normalized
 from prototxt import net as netspec
 
 # FCRN-A's output sees 66 px (38 at conv4, widened by the upsampling path). Measured with random weights:
@@ -220,17 +221,6 @@ def segment_image(net, image, tile=TILE, margin=MARGIN, forward=forward_image, p
     return maps[..., :h, :w]
 
 
-def resize_image(image, factor):
-    """A normalised image resized by ``factor`` (bilinear, anti-aliased when shrinking), float32 in [0, 1]."""
-    from skimage.transform import rescale
-
-    image = np.asarray(image, dtype=np.float32)
-    if factor == 1:
-        return image
-    out = rescale(image, factor, order=1, anti_aliasing=factor < 1, preserve_range=True)
-    return np.clip(out, 0, 1).astype(np.float32)
-
-
 def own_scale_maps(net, image, params, working_diameter, tile=TILE, forward=forward_image, first=None):
     """The maps of an image resized so that its nuclei have the model's working diameter (:mod:`cellfcn.scale`).
 
@@ -266,7 +256,7 @@ def own_scale_maps(net, image, params, working_diameter, tile=TILE, forward=forw
     diameter = scale.median_diameter(O.instances_from_maps(maps, **params))
     factor = scale.own_factor(diameter, working_diameter)
     if factor != 1:
-        second = segment_image(net, resize_image(image, factor), tile=tile, forward=forward)
+        second = segment_image(net, resize_normalized(image, factor), tile=tile, forward=forward)
         maps = np.clip(resize(second, second.shape[:-2] + np.shape(image), order=1, preserve_range=True,
                               anti_aliasing=False), 0, 1).astype(np.float32)
     return maps, factor, diameter
