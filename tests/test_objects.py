@@ -113,7 +113,55 @@ def test_instances_from_probs_is_threshold_then_mask():
     np.testing.assert_array_equal(O.instances_from_probs(probs, 0.5), out)
 
 
+def _cores_and_rims():
+    """Two touching discs of radius 10 whose probability is 0.9 in their cores (radius 7) and 0.5 at their rims
+    and on the bridge between them, and a 0.5 smudge apart from both."""
+    truth = _discs((40, 80), (20, 20, 10), (20, 39, 10))
+    cores = _discs((40, 80), (20, 20, 7), (20, 39, 7))
+    probs = np.where(cores > 0, 0.9, np.where(truth > 0, 0.5, 0.02)).astype(np.float32)
+    probs[30:36, 60:70] = 0.5
+    return truth, probs
+
+
+def test_nuclei_cut_high_grow_to_the_extent_threshold():
+    truth, probs = _cores_and_rims()
+    low = O.instances_from_probs(probs, 0.5, opening_radius=0, min_area=0)
+    assert low.max() == 3 and low[32, 65] > 0  # at the lower threshold the smudge is an object
+    cut = O.instances_from_probs(probs, 0.7, opening_radius=0, min_area=0)
+    assert cut.max() == 2 and O.object_scores(truth, cut)["dsb_score"] < 0.5  # apart, but half their area
+    grown = O.instances_from_probs(probs, 0.7, opening_radius=0, min_area=0, extent_threshold=0.5)
+    assert grown.max() == 2 and not grown[30:36, 60:70].any()  # no nucleus reaches the smudge
+    np.testing.assert_array_equal(grown > 0, truth > 0)
+    scores = O.object_scores(truth, grown)
+    assert scores["f1"] == 1.0 and scores["dsb_score"] >= 0.9  # the bridge is shared at the flood's meeting
+    assert np.array_equal(np.unique(grown), [0, 1, 2]) and grown[20, 12] == 1  # raster order
+    np.testing.assert_array_equal(O.instances_from_probs(probs, 0.7, opening_radius=0, min_area=0,
+                                                         extent_threshold=None), cut)
+    # The contour net's nuclei grow the same way.
+    interior = np.where(probs > 0.8, 0.9, 0.05).astype(np.float32)
+    contour = O.instances_from_contour(probs, interior, 0.7, marker_threshold=0.5, opening_radius=0, min_area=0,
+                                       extent_threshold=0.5)
+    np.testing.assert_array_equal(contour, grown)
+
+
+def test_choose_instance_params_grows_where_the_threshold_is_higher():
+    truth, probs = _cores_and_rims()
+    result = O.choose_instance_params([probs], [truth], thresholds=(0.5, 0.7), opening_radii=(0,),
+                                      min_areas=(0,), extent_threshold=0.5)
+    assert [row["extent_threshold"] for row in result["grid"]] == [None, 0.5]
+    assert [row["f1"] for row in result["grid"]] == [0.8, 1.0]  # at 0.5 the smudge is a false positive
+    assert result["params"]["threshold"] == 0.7 and result["params"]["extent_threshold"] == 0.5
+    again = O.object_scores(truth, O.instances_from_maps(probs, **result["params"]))
+    assert again["dsb_score"] == result["scores"]["dsb_score"]
+    with pytest.raises(ValueError, match="extent_threshold"):
+        O.choose_instance_params([probs], [truth], extent_threshold=1.5)
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda: O.instances_from_probs(np.zeros((4, 4)), 0.5, extent_threshold=0.6), "must not exceed"),
+    (lambda: O.instances_from_probs(np.zeros((4, 4)), 0.5, extent_threshold=-0.1), "extent_threshold"),
+    (lambda: O.instances_from_contour(np.zeros((4, 4)), np.zeros((4, 4)), 0.5, extent_threshold=0.9),
+     "must not exceed"),
     (lambda: O.instances_from_probs(np.zeros((4, 4), dtype=np.uint8), 0.5), "float"),
     (lambda: O.instances_from_probs(np.full((4, 4), 1.5), 0.5), r"\[0, 1\]"),
     (lambda: O.instances_from_probs(np.full((4, 4), np.nan), 0.5), "NaN"),
@@ -521,7 +569,8 @@ def test_object_table_on_hand_made_images(tmp_path):
 def test_own_scale_row_chooses_the_working_diameter_on_the_choice_images():
     """A "net" that paints every nucleus 3 px too thin misses them all at its first pass (IoU 0.16); at three
     times the size the same erosion leaves IoU 0.64. The working diameter is chosen on the choice images and
-    the test image is cut at its own scale; the first pass's scores stay in dataset_scale."""
+    the test image is cut at its own scale with parameters chosen again there (the row's grid, here one
+    setting that grows the nuclei); the first pass's parameters and scores stay in dataset_scale."""
     from cellfcn import scale
     from tools import object_table
 
@@ -536,6 +585,7 @@ def test_own_scale_row_chooses_the_working_diameter_on_the_choice_images():
     params = {"threshold": 0.5, "opening_radius": 0, "min_area": 0}
     row, _ = object_table.score_params("after", maps, sets, params)
     row["chosen_on"] = {"train": 1, "val": 1}
+    row["grid"] = {"thresholds": (0.5,), "opening_radii": (0,), "min_areas": (0,), "extent_threshold": 0.3}
     measured = scale.median_diameter(O.instances_from_maps(first, **params))
     own, predictions, test_maps = object_table.own_scale_row(row, None, maps, sets, measured, ratios=(1.0, 3.0),
                                                              forward=forward)
@@ -544,5 +594,7 @@ def test_own_scale_row_chooses_the_working_diameter_on_the_choice_images():
     assert [t["f1"] for t in own["working_choice"]] == [0.0, 1.0] and own["choice"]["f1"] == 1.0
     assert own["working_ratio"] == 3.0 and own["working_diameter_px"] == pytest.approx(3 * measured)
     assert own["pooled"]["f1"] == 1.0 and own["val"]["f1"] == 1.0
-    assert own["images"][0]["own_factor"] == pytest.approx(3.0) and own["params"] == params
+    assert own["images"][0]["own_factor"] == pytest.approx(3.0) and own["dataset_scale"]["params"] == params
+    assert own["params"] == {**params, "min_distance": 5, "smooth_sigma": 1.0, "min_dynamic": O.MIN_DYNAMIC,
+                             "extent_threshold": 0.3}
     assert test_maps[0].shape == gt.shape and predictions[0].max() == 3

@@ -361,9 +361,21 @@ def test_refusals(folder, model, tmp_path):
     _one_line_error(done, "--opening")
     done = _segment(folder, model, tmp_path / "o", "--workers", "0", *EXPLICIT, "--marker-threshold", "0.5")
     _one_line_error(done, "3-class")
+    done = _segment(folder, model, tmp_path / "o", "--workers", "0", "--extent-threshold", "0.3")
+    _one_line_error(done, "--extent-threshold goes with", "--threshold")
     assert not (tmp_path / "o").exists()
     done = _segment(folder, model, tmp_path / "o", "--workers", "-1")
     assert done.returncode == 2
+    done = _segment(folder, model, tmp_path / "o", "--workers", "0", *EXPLICIT, "--extent-threshold", "0.6")
+    assert done.returncode == 2 and "must not exceed --threshold" in done.stderr
+
+
+def test_explicit_extent_threshold_reaches_the_run(folder, model, tmp_path):
+    out = tmp_path / "out"
+    done = _segment(folder / "img3.tif", model, out, "--workers", "0", *EXPLICIT, "--extent-threshold", "0.3")
+    assert done.returncode == 0, done.stderr
+    params = json.loads((out / "manifest.json").read_text())["last_run"]["params"]
+    assert params == {"threshold": 0.5, "opening_radius": 1, "min_area": 10, "extent_threshold": 0.3}
 
 
 def test_channel_is_named_and_a_grey_image_refuses_one(folder, model, tmp_path):

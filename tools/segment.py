@@ -10,8 +10,9 @@ file's size.
   percentiles, median nucleus diameter) come from ``<model>.params.json``, which ``make evaluate`` writes for
   the model it chose them for (:mod:`tools.model_params`, checked against the model's SHA-256). A model
   without that file is refused unless ``--threshold``, ``--opening`` and ``--min-area`` (and for a 3-class
-  net ``--marker-threshold``) are given, with ``--manifest`` naming its dataset. Without ``--model``, the
-  model of ``--objects`` (``make evaluate``'s ``objects.json``) with the highest validation F1.
+  net ``--marker-threshold``; optionally ``--extent-threshold``) are given, with ``--manifest`` naming its
+  dataset. Without ``--model``, the model of ``--objects`` (``make evaluate``'s ``objects.json``) with the
+  highest validation F1.
 - **Without Caffe** (``--engine onnx``): ``--model`` is a package of ``make export`` (``.bioimageio.zip``, its
   folder, or a bare ``.onnx``), run by onnxruntime (:mod:`tools.onnx_engine`) through the same tiling; pycaffe
   is never imported. Parameters and preprocessing come from the package's ``config.cellfcn``; a package
@@ -738,6 +739,11 @@ def resolve_params(args, model, classes):
     if given and any(v is None for v in explicit.values()):
         raise InputError(f"give all of {', '.join(FLAGS[k] for k in explicit)} or none (then the model's own "
                          "parameters)")
+    if args.extent_threshold is not None and not given:
+        raise InputError(f"--extent-threshold goes with {', '.join(FLAGS[k] for k in explicit)} (the model's own "
+                         "parameters carry their own)")
+    if args.extent_threshold is not None:
+        explicit["extent_threshold"] = args.extent_threshold
     if args.engine == "onnx":
         record, source, lacks = package_record(model), f"config.cellfcn of {model}", "package (a bare .onnx)"
         if not given and (record or {}).get("params") is None:
@@ -817,6 +823,8 @@ def parse_args(argv=None):
     p.add_argument("--min-area", type=int, help="instead of the model's own: smallest nucleus (px at the net's scale)")
     p.add_argument("--marker-threshold", type=float,
                    help="instead of the model's own, for a 3-class net: seed where interior prob >= T")
+    p.add_argument("--extent-threshold", type=float,
+                   help="with the parameters above, optional: nuclei then grow into prob >= T (T <= --threshold)")
     p.add_argument("--manifest", help="manifest.json of the dataset a model without <model>.params.json was "
                                       "trained on: its preprocessing")
     p.add_argument("--channel", type=int, help="channel of colour images to segment")
@@ -827,10 +835,12 @@ def parse_args(argv=None):
     p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786) instead")
     p.add_argument("--gpu", type=int, help="CUDA device id (default: CPU)")
     args = p.parse_args(argv)
-    for flag in ("threshold", "marker_threshold"):
+    for flag in ("threshold", "marker_threshold", "extent_threshold"):
         value = getattr(args, flag)
         if value is not None and not 0 <= value <= 1:
             p.error(f"--{flag.replace('_', '-')} must lie in [0, 1]")
+    if None not in (args.threshold, args.extent_threshold) and args.extent_threshold > args.threshold:
+        p.error("--extent-threshold must not exceed --threshold")
     if (args.opening is not None and args.opening < 0) or (args.min_area is not None and args.min_area < 0):
         p.error("--opening and --min-area must be >= 0")
     if args.tile % STRIDE or args.tile <= 2 * infer.MARGIN:
