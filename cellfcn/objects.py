@@ -330,7 +330,7 @@ def instances_from_probs(probs, threshold, *, opening_radius=1, min_area=20, min
 
 
 def instances_from_contour(probs, interior, threshold, *, marker_threshold=0.5, opening_radius=1, min_area=20,
-                           min_marker_area=MIN_MARKER_AREA, extent_threshold=None, progress=None):
+                           min_marker_area=MIN_MARKER_AREA, extent_threshold=None):
     """Nucleus instances from the maps of the 3-class ``contour`` net: markers from its interior map.
 
     The nucleus mask is ``probs >= threshold`` cleaned as by :func:`clean_mask`. The net paints a contour

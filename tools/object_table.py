@@ -202,7 +202,7 @@ def own_scale_row(row, net, maps, sets, dataset_diameter, ratios=scale.WORKING_R
     """
     from tqdm import tqdm
 
-    params, choice = row["params"], list(row["chosen_on"])
+    choice = list(row["chosen_on"])
 
     def own(split, working, params):
         pairs = zip(sets[split]["images"], maps[split])
