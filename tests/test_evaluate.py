@@ -243,11 +243,17 @@ def test_table1_end_to_end(workspace, tmp_path):
     assert all(r["chosen_on"] == {"train": 2, "val": 2} for r in objects["rows"])
     assert objects["train_images"] == ["img0.tif", "img1.tif"]
     # The nets' rows are scored at each image's own scale, the working diameter chosen on the same images and
-    # written beside the model with its parameters; the first pass's scores are kept.
+    # written beside the model with the parameters chosen again there; the first pass's parameters and scores
+    # are kept. The nets' nuclei grow to their Table 1 validation threshold.
+    val_threshold = {r["model"]: r["threshold"] for r in table["rows"] if r["protocol"] == "val-threshold"}
     for r in objects["rows"][:2]:
         assert r["working_ratio"] in scale.WORKING_RATIOS and r["working_diameter_px"] == r["working_ratio"] * 12.0
         assert [t["ratio"] for t in r["working_choice"]] == list(scale.WORKING_RATIOS)
-        assert set(r["dataset_scale"]) == {"f1", "dsb_score", "n_pred", "val_f1"}
+        assert set(r["dataset_scale"]) == {"params", "f1", "dsb_score", "n_pred", "val_f1"}
+        assert r["grid"]["extent_threshold"] == round(val_threshold[r["model"]], 4)
+        for params in (r["params"], r["dataset_scale"]["params"]):
+            assert params["extent_threshold"] == (r["grid"]["extent_threshold"]
+                                                  if params["threshold"] > r["grid"]["extent_threshold"] else None)
         assert all(i["own_factor"] > 0 for i in r["images"])
         record = model_params.read_model_params(workspace / "runs" / T.MODELS[r["model"]] / "final.caffemodel")
         assert record["working_diameter_px"] == r["working_diameter_px"] and record["params"] == r["params"]

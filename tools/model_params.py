@@ -1,8 +1,9 @@
 """The instance parameters chosen for one trained model, kept beside it: ``<model>.params.json``.
 
 ``make evaluate`` chooses the parameters that cut a model's maps into nuclei (threshold, opening, minimum area,
-marker settings, the working diameter each image is resized to: :mod:`cellfcn.scale`) on the whole training
-and validation images and writes them here with the model's SHA-256, its
+marker settings, the extent threshold the nuclei grow to, the working diameter each image is resized to:
+:mod:`cellfcn.scale`) on the whole training and validation images and writes them here with the model's
+SHA-256, its
 validation scores and the preprocessing of the dataset it was trained on (resize factor, normalisation
 percentiles, median nucleus diameter at the net's scale). ``make segment MODEL=x`` reads x's own file, so
 parameters chosen for one model are never applied to another.
