@@ -739,10 +739,10 @@ def resolve_params(args, model, classes):
     if given and any(v is None for v in explicit.values()):
         raise InputError(f"give all of {', '.join(FLAGS[k] for k in explicit)} or none (then the model's own "
                          "parameters)")
-    if args.extent_threshold is not None and not given:
-        raise InputError(f"--extent-threshold goes with {', '.join(FLAGS[k] for k in explicit)} (the model's own "
-                         "parameters carry their own)")
     if args.extent_threshold is not None:
+        if not given:
+            raise InputError(f"--extent-threshold goes with {', '.join(FLAGS[k] for k in explicit)} (the model's "
+                             "own parameters carry their own)")
         explicit["extent_threshold"] = args.extent_threshold
     if args.engine == "onnx":
         record, source, lacks = package_record(model), f"config.cellfcn of {model}", "package (a bare .onnx)"
