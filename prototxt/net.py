@@ -14,6 +14,10 @@ trained model names its variant: its net is called ``<variant>_<stage>_train``.
 ``contour`` is FCRN-A with three classes (background, nucleus interior, nucleus contour; ``data_prep.targets``)
 for counting: the contour class separates touching nuclei, which the two-class target paints as one region. It
 trains on the datasets' ``<split>_3class`` files with the same loss (``SoftmaxWithLoss``) and schedule.
+``contour_skip`` is ``contour`` with U-Net's skip connections: before conv5, conv6 and conv7 the upsampled
+features are concatenated with conv3's, conv2's and conv1's (after their ReLU, before pooling), so the
+full-resolution layers see the image's detail, not only what the 1/8-resolution bottleneck kept (1,558,851
+parameters). FCRN-A has none; a 2-3 px contour band is what it could not draw.
 """
 import argparse
 import sys
@@ -33,6 +37,7 @@ VARIANTS = {
     "pool2": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=2, classes=2),
     "wide": dict(kernel=3, widths=(64, 128, 256, 1024, 256, 128, 64), pools=3, classes=2),
     "contour": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=3),
+    "contour_skip": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=3, skips=True),
 }
 
 
@@ -81,6 +86,9 @@ def fcrn_a(n, bottom, variant=DEFAULT):
             setattr(n, f"up{i}", up(x, channels))
             setattr(n, f"uprelu{i}", L.ReLU(getattr(n, f"up{i}"), in_place=True))
             x = getattr(n, f"uprelu{i}")
+            if spec.get("skips"):  # U-Net's skip: the encoder's features at this resolution, before pooling
+                setattr(n, f"skip{i}", L.Concat(x, getattr(n, f"relu{8 - i}")))
+                x, channels = getattr(n, f"skip{i}"), channels + widths[7 - i]
         setattr(n, f"conv{i}", conv(x, nout))
         x, channels = getattr(n, f"conv{i}"), nout
         if i < 7 and i + 1 <= 7 - pools:  # no upsampling (and its ReLU) follows
@@ -95,8 +103,17 @@ def fcrn_a(n, bottom, variant=DEFAULT):
 def learnable_parameters(variant=DEFAULT):
     """Learnable weights and biases of a variant, by its layout (the bilinear upsamplings are fixed)."""
     spec = _spec(variant)
-    k2, channels = spec["kernel"] ** 2, (1, *spec["widths"])
-    return sum(i * k2 * o + o for i, o in zip(channels, channels[1:])) + (channels[-1] + 1) * spec["classes"]
+    k2, widths = spec["kernel"] ** 2, spec["widths"]
+    return sum(i * k2 * o + o for i, o in zip(_conv_inputs(spec), widths)) + (widths[-1] + 1) * spec["classes"]
+
+
+def _conv_inputs(spec):
+    """Input channels of conv1..conv7: the previous layer's, plus a skip's encoder features."""
+    widths, inputs = spec["widths"], [1, *spec["widths"][:-1]]
+    if spec.get("skips"):
+        for i in range(8 - spec["pools"], 8):
+            inputs[i - 1] += widths[7 - i]
+    return inputs
 
 
 def receptive_field(variant=DEFAULT):
@@ -114,8 +131,8 @@ def multiply_adds(variant=DEFAULT, size=128):
     """Multiply-adds of the convolutions of a variant for one ``size`` x ``size`` input (forward pass; the fixed
     bilinear upsamplings and the 1x1 scores left out: under 0.1%)."""
     spec = _spec(variant)
-    channels, k2, total, scale = (1, *spec["widths"]), spec["kernel"] ** 2, 0, 1
-    for i, (c_in, c_out) in enumerate(zip(channels, channels[1:]), start=1):
+    k2, total, scale = spec["kernel"] ** 2, 0, 1
+    for i, (c_in, c_out) in enumerate(zip(_conv_inputs(spec), spec["widths"]), start=1):
         if i >= 5 and i > 7 - spec["pools"]:
             scale //= 2  # the upsampling before conv<i>
         total += (size // scale) ** 2 * c_in * c_out * k2

@@ -106,6 +106,22 @@ def test_contour_variant_is_fcrn_a_with_three_classes():
     assert net.dataset_source("d", "val", "hdf5").endswith("val.txt")
 
 
+def test_contour_skip_variant_joins_the_encoder_features():
+    # U-Net's skips: each upsampled blob is concatenated with the encoder's ReLU output of its resolution.
+    train = net.train_net("d/train_3class.txt", 4, "hdf5", "train", "contour_skip")
+    layers = {layer.name: layer for layer in train.layer}
+    joins = {name: list(layer.bottom) for name, layer in layers.items() if layer.type == "Concat"}
+    assert joins == {"skip5": ["up5", "conv3"], "skip6": ["up6", "conv2"], "skip7": ["up7", "conv1"]}
+    assert [list(layers[f"conv{i}"].bottom) for i in (5, 6, 7)] == [["skip5"], ["skip6"], ["skip7"]]
+    assert layers["score"].convolution_param.num_output == 3 and layers["loss"].type == "SoftmaxWithLoss"
+    assert train.layer[0].hdf5_data_param.source == "d/train_3class.txt"
+    assert net.dataset_files("val", "hdf5", "contour_skip") == net.dataset_files("val", "hdf5", "contour")
+    # The joins widen conv5..conv7's inputs: more multiply-adds than the net without them, same receptive field.
+    assert net.multiply_adds("contour_skip") - net.multiply_adds("contour") == 9 * (
+        32 * 32 * 128 * 128 + 64 * 64 * 64 * 64 + 128 * 128 * 32 * 32)
+    assert net.receptive_field("contour_skip") == net.receptive_field("contour")
+
+
 @pytest.fixture(scope="module")
 def contour_run(tmp_path_factory):
     """A tiny synthetic dataset from data_prep and two iterations of `tools.train --net contour` on it."""

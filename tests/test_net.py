@@ -35,6 +35,8 @@ HAND_VARIANTS = {
     "wide": (sum(i * 9 * o + o for i, o in [(1, 64), (64, 128), (128, 256), (256, 1024), (1024, 256),
                                              (256, 128), (128, 64)]) + (64 * 2 + 2), 38),
     "contour": (HAND_COUNT + 32 + 1, 38),  # one more score channel (3 classes): 32 weights and a bias
+    # conv5, conv6 and conv7 also read conv3's 128, conv2's 64 and conv1's 32 channels (U-Net's skips).
+    "contour_skip": (HAND_COUNT + 32 + 1 + 128 * 9 * 128 + 64 * 9 * 64 + 32 * 9 * 32, 38),
 }
 
 

@@ -53,7 +53,7 @@ def _magnification():
 
 RUN_FILES = {"eval/table1.json": json.dumps(_table1()), "eval/objects.json": json.dumps(_objects()),
              "timings.tsv": "data-synthetic\t3.6\npretrain\t943.0\n",
-             "net-contour/timings.tsv": "pretrain\t800.5\n",
+             "net-contour_skip/timings.tsv": "pretrain\t800.5\n",
              "eval/magnification.json": json.dumps(_magnification())}
 
 
@@ -212,7 +212,7 @@ def test_a_missing_or_bad_result_file_is_one_line(tmp_path, results, name, damag
 @pytest.mark.parametrize("names, damage, phrase", [
     (["eval/table1.json", "timings.tsv"], None, "eval/objects.json not found: run `make reproduce RUNS="),
     (list(RUN_FILES), ("eval/table1.json", json.dumps({**_table1(), "schema_version": 1})), "has schema 1"),
-    (list(RUN_FILES), ("net-contour/timings.tsv", ""), "net-contour/timings.tsv: no stage timings"),
+    (list(RUN_FILES), ("net-contour_skip/timings.tsv", ""), "net-contour_skip/timings.tsv: no stage timings"),
 ])
 def test_collect_refuses_an_incomplete_or_bad_run_and_keeps_results(tmp_path, results, names, damage, phrase,
                                                                      capsys):

@@ -35,8 +35,8 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
         assert row["threshold"] is None or 0.0 <= row["threshold"] <= 1.0  # Otsu: one threshold per image
     # The instance-aware contour net is trained too, scored in the object table, and every net's chosen
     # instance parameters lie beside its model.
-    contour_run = json.loads((runs / "net-contour" / "finetune" / "run.json").read_text())
-    assert contour_run["status"] == "done" and contour_run["net"] == "contour"
+    contour_run = json.loads((runs / "net-contour_skip" / "finetune" / "run.json").read_text())
+    assert contour_run["status"] == "done" and contour_run["net"] == "contour_skip"
     objects = json.loads((runs / "eval" / "objects.json").read_text())
     assert [row["model"] for row in objects["rows"]] == ["before", "after", "contour", "otsu"]
     for row in objects["rows"][:3]:
@@ -56,7 +56,7 @@ def test_make_reproduce_quick_end_to_end(tmp_path):
     timings = [line.split("\t") for line in (runs / "timings.tsv").read_text().splitlines()]
     stages = ["data-synthetic", "data-real", "pretrain", "finetune", "evaluate", "magnification", "report"]
     assert [name for name, _ in timings] == stages and all(float(sec) > 0 for _, sec in timings)
-    contour = [line.split("\t") for line in (runs / "net-contour" / "timings.tsv").read_text().splitlines()]
+    contour = [line.split("\t") for line in (runs / "net-contour_skip" / "timings.tsv").read_text().splitlines()]
     assert [name for name, _ in contour] == stages[:4]  # the contour net's data check, pretrain, fine-tune
     assert f"{sum(float(sec) for _, sec in timings + contour):.1f} s" in proc.stdout
     assert "timings.tsv" in html and "<td>pretrain</td>" in html

@@ -155,6 +155,10 @@ def onnx_model(net_param, net, opset=OPSET):
                          helper.make_node("Relu", bottoms, tops, name=name))
         elif kind == "Pooling":
             nodes.append(helper.make_node("MaxPool", bottoms, tops, name=name, **_pool_attrs(layer, pb2)))
+        elif kind == "Concat":
+            if layer.concat_param.HasField("concat_dim"):
+                raise InputError(f"layer '{name}': the deprecated concat_dim has no export here (use axis)")
+            nodes.append(helper.make_node("Concat", bottoms, tops, name=name, axis=layer.concat_param.axis))
         elif kind == "Softmax":
             nodes.append(helper.make_node("Softmax", bottoms, tops, name=name, axis=layer.softmax_param.axis))
         elif kind == "Crop":
@@ -174,7 +178,7 @@ def onnx_model(net_param, net, opset=OPSET):
                                        tops, name=name)]
         else:
             raise InputError(f"layer '{name}' of type {kind} has no ONNX export here (supported: Input, "
-                             f"Convolution, Deconvolution, ReLU, max Pooling, Crop, Softmax)")
+                             f"Convolution, Deconvolution, ReLU, max Pooling, Crop, Concat, Softmax)")
         current.update(zip(layer.top, tops))
     if len(inputs) != 1:
         raise InputError(f"the net must have exactly one Input blob, it has {len(inputs)}")

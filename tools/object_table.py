@@ -53,7 +53,7 @@ NET_GRID = {"thresholds": (0.3, 0.5, 0.7), "opening_radii": (0, 1), "min_areas":
 CONTOUR_GRID = {**NET_GRID, "marker_thresholds": (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)}
 OTSU_GRID = {"thresholds": (0.5,), "opening_radii": (0, 1, 2), "min_areas": (10, 30)}  # maps are 0/1
 NAMES = {"before": "ours: before fine-tuning", "after": "ours: after fine-tuning",
-         "contour": "ours: 3 classes (contour), after fine-tuning", "otsu": "Otsu per image + watershed"}
+         "contour": "ours: 3 classes (contour), skips, after fine-tuning", "otsu": "Otsu per image + watershed"}
 POOLED = ("n_images", "n_gt", "n_pred", "precision", "recall", "f1", "dsb_score", "mean_image_dsb_score",
           "mean_abs_count_error", "mean_rel_count_error")
 PER_IMAGE = ("n_gt", "n_pred", "precision", "recall", "f1", "dsb_score", "count_error", "rel_count_error")
