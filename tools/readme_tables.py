@@ -33,7 +33,9 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "results"
 #: The run's files the README shows, by their path under RUNS (and under results/): required, then optional.
 REQUIRED = ("eval/table1.json", "eval/objects.json", "timings.tsv")
-OPTIONAL = ("net-contour_skip/timings.tsv", "eval/magnification.json", "experiments/table2.json")
+#: The instance-aware net's stage times (the Makefile's INSTANCE_NET runs folder).
+INSTANCE_TIMINGS = "net-contour_skip/timings.tsv"
+OPTIONAL = (INSTANCE_TIMINGS, "eval/magnification.json", "experiments/table2.json")
 MACHINE = "machine.json"
 MARKER = re.compile(r"<!--\s*(/?)results:([^\s>]*)\s*-->")
 FENCE = re.compile(r"^```.*?^```", flags=re.M | re.S)
@@ -79,7 +81,7 @@ def read_machine(path):
 
 #: How each file is read, by its path under results/ (and RUNS: collect refuses a file its renderer would).
 LOADERS = {"eval/table1.json": evaluate.load_table, "eval/objects.json": object_table.load_objects,
-           "timings.tsv": read_timings, "net-contour_skip/timings.tsv": read_timings,
+           "timings.tsv": read_timings, INSTANCE_TIMINGS: read_timings,
            "eval/magnification.json": magnification.load_result, "experiments/table2.json": experiments.load_table2,
            MACHINE: read_machine}
 
@@ -167,8 +169,8 @@ def _render_objects(results):
 
 def _render_timings(results):
     stages = _load(results, "timings.tsv")
-    if (Path(results) / "net-contour_skip" / "timings.tsv").is_file():  # prefixed as `make reproduce` prints them
-        stages += [(f"contour {stage}", seconds) for stage, seconds in _load(results, "net-contour_skip/timings.tsv")]
+    if (Path(results) / INSTANCE_TIMINGS).is_file():  # prefixed as `make reproduce` prints them
+        stages += [(f"contour {stage}", seconds) for stage, seconds in _load(results, INSTANCE_TIMINGS)]
     return timings_markdown(stages)
 
 
