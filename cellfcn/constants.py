@@ -9,6 +9,9 @@ FORMATS = ("hdf5", "lmdb")
 # that the real test split stays unseen until evaluation.
 STAGES = {"pretrain": "synthetic", "finetune": "real"}
 TEST_SPLIT = {"pretrain": "test", "finetune": "val"}
+# The instance-aware targets beside the two-class label (data_prep.targets): number of classes -> (dataset file
+# suffix, key of the split arrays). ``<split>_3class.h5``, ``<split>_4class_label_lmdb/``...
+TARGET_FILES = {3: ("3class", "label3"), 4: ("4class", "label4")}
 
 # Per-image intensity normalisation (percentiles mapped to 0 and 1), for training data and segmented images.
 PCT_LOW = 1.0

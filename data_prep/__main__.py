@@ -31,7 +31,8 @@ from .writers import check_formats, check_output_path, is_up_to_date, read_split
 REPO = Path(__file__).resolve().parent.parent
 LMDB_ENCODING = {"data": "Datum.float_data, float32 in [0, 1], channels=1",
                  "label": "Datum.data, uint8 bytes 0/1, channels=1",
-                 "3class_label": "Datum.data, uint8 bytes 0 background / 1 interior / 2 contour, channels=1"}
+                 "3class_label": "Datum.data, uint8 bytes 0 background / 1 interior / 2 contour, channels=1",
+                 "4class_label": "Datum.data, uint8 bytes as 3class_label and 3 micronucleus, channels=1"}
 
 
 def _formats(value):
@@ -120,11 +121,15 @@ def run_synthetic(args):
 
 
 def _prepare(items, args, desc):
-    """(name, raw image, raw mask) -> (name, image, mask) prepared by :func:`real.prepare_pair`."""
+    """(name, raw image, raw mask[, raw micronucleus mask]) -> (name, image, mask, labels[, micronuclei])
+    prepared by :func:`real.prepare_pair` (and :func:`real.prepare_micronuclei`)."""
     def prepare(item):
-        name, image, mask = item
-        return (name,) + real.prepare_pair(image, mask, name, args.channel, args.scale,
-                                           (args.pct_low, args.pct_high))
+        name, image, mask = item[:3]
+        prepared = real.prepare_pair(image, mask, name, args.channel, args.scale, (args.pct_low, args.pct_high))
+        if len(item) == 3:
+            return (name, *prepared)
+        return (name, *prepared,
+                real.prepare_micronuclei(item[3], np.shape(mask)[:2], prepared[0].shape, name, args.scale))
 
     return progress_map(prepare, items, desc)
 
@@ -149,9 +154,9 @@ def run_mnfinder(args):
         test = pairs["test"][:args.max_test_images]
         read = {name: mnfinder.read_pairs(wheel, items, f"reading {name}")
                 for name, items in (("train", train), ("val", val), ("test", test))}
-        members = {r[0]: {"image_sha256": r[3], "mask_sha256": r[4]} for rows in read.values() for r in rows}
+        members = {r[0]: r[4] for rows in read.values() for r in rows}
         splits, info, full, diameter = _real_splits(
-            args, *([r[:3] for r in read[k]] for k in ("train", "val", "test")), rng)
+            args, *([r[:4] for r in read[k]] for k in ("train", "val", "test")), rng)
         return splits, info, full, {"members": members}, diameter
 
     return _build(args, "real", params, sources, load)

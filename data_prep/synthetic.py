@@ -41,6 +41,7 @@ def build_synthetic_splits(plan, rendered, n_train, n_test, patch_size, rng, min
     -------
     splits : dict of name -> dict with ``data`` (N, P, P) float32, ``label`` (N, P, P) bool, ``label3``
         (N, P, P) uint8 (3-class targets of the whole image, :func:`data_prep.targets.contour_targets`),
+        ``label4`` (the 4-class targets: the same, SIMCEP has no micronuclei),
         ``source_index`` (N,) (index into the plan) and ``origin`` (N, 2)
     info : dict of name -> manifest entry
     diameter : float or None
@@ -59,7 +60,9 @@ def build_synthetic_splits(plan, rendered, n_train, n_test, patch_size, rng, min
         targets = {j: contour_targets(rendered[members[j]][2]) for j in np.unique(local)}
         label3 = np.stack([targets[j][y:y + p, x:x + p] for j, (y, x) in zip(local, origin)])
         index = np.asarray(members, dtype=np.int32)[local]
-        splits[name] = {"data": data, "label": label, "label3": label3, "source_index": index, "origin": origin}
+        # SIMCEP draws no micronuclei: the 4-class target is the 3-class one (a 4-class net pretrains on it).
+        splits[name] = {"data": data, "label": label, "label3": label3, "label4": label3,
+                        "source_index": index, "origin": origin}
         info[name] = {"n": int(n), "cell_fraction": round(cell_fraction(label), 6),
                       "image_cell_fraction": round(cell_fraction(masks), 6), "n_images": len(members),
                       "n_simplex_images": sum(plan[i]["simplex_background"] for i in members),

@@ -8,10 +8,11 @@ Layout (the project's dataset-folder contract):
   absolute path would break under a folder with spaces, point a moved dataset at nothing and a copied one at
   the original's files; bare names make a dataset byte-identical wherever it is built and relocatable.
 - ``<split>_data_lmdb/`` + ``<split>_label_lmdb/`` (two Data layers, same keys ``%08d``, same order);
-- the 3-class targets (background / interior / contour, :mod:`data_prep.targets`) of the ``contour`` net:
+- the 3-class targets (background / interior / contour, :mod:`data_prep.targets`) of the ``contour`` nets:
   ``<split>_3class.h5`` + ``<split>_3class.txt`` (the same ``data`` with ``label`` holding 0/1/2) and
-  ``<split>_3class_label_lmdb/`` beside ``<split>_data_lmdb/``. Separate files, so the two-class files and
-  the models trained on them stay exactly as they were;
+  ``<split>_3class_label_lmdb/`` beside ``<split>_data_lmdb/``; the 4-class targets (3: micronucleus) the
+  same way as ``<split>_4class*``. Separate files, so the two-class files and the models trained on them
+  stay exactly as they were;
 - ``<split>_full.h5``: the whole train/val/test images for whole-image evaluation (train: the choice of the
   instance parameters), with their masks and
   instance labels;
@@ -39,7 +40,7 @@ import lmdb
 import numpy as np
 
 from cellfcn.caffe_env import caffe_pb2, decode_datum, encode_datum
-from cellfcn.constants import MANIFEST
+from cellfcn.constants import MANIFEST, TARGET_FILES
 from cellfcn.errors import CaffeNotFound, CellfcnError, InputError
 from cellfcn.files import check_writable, sha256_file, staged_folder
 
@@ -232,13 +233,15 @@ def write_dataset(out, splits, formats, manifest, full=None):
             split = splits.get(name)
             if fmt == "hdf5":
                 extra = {k: np.asarray(v, dtype=np.int32) for k, v in split.items()
-                         if k not in ("data", "label", "label3")}
+                         if k not in ("data", "label", *(key for _, key in TARGET_FILES.values()))}
                 write_hdf5(tmp / f"{name}.h5", split["data"], split["label"], extra)
                 (tmp / f"{name}.txt").write_text(f"{name}.h5\n")
-                write_hdf5(tmp / f"{name}_3class.h5", split["data"], split["label3"])
-                (tmp / f"{name}_3class.txt").write_text(f"{name}_3class.h5\n")
+                for suffix, key in TARGET_FILES.values():
+                    write_hdf5(tmp / f"{name}_{suffix}.h5", split["data"], split[key])
+                    (tmp / f"{name}_{suffix}.txt").write_text(f"{name}_{suffix}.h5\n")
             elif fmt == "lmdb":
-                for kind, key in (("data", "data"), ("label", "label"), ("3class_label", "label3")):
+                for kind, key in (("data", "data"), ("label", "label"),
+                                  *((f"{suffix}_label", key) for suffix, key in TARGET_FILES.values())):
                     try:
                         write_lmdb(tmp / f"{name}_{kind}_lmdb", split[key], "data" if kind == "data" else "label")
                     except lmdb.Error as err:

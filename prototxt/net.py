@@ -17,20 +17,22 @@ trains on the datasets' ``<split>_3class`` files with the same loss (``SoftmaxWi
 ``contour_skip`` is ``contour`` with U-Net's skip connections: before conv5, conv6 and conv7 the upsampled
 features are concatenated with conv3's, conv2's and conv1's (after their ReLU, before pooling), so the
 full-resolution layers see the image's detail, not only what the 1/8-resolution bottleneck kept (1,558,851
-parameters). FCRN-A has none; a 2-3 px contour band is what it could not draw.
+parameters). FCRN-A has none; a 2-3 px contour band is what it could not draw. ``contour_skip_mn`` is
+``contour_skip`` with a 4th class, micronucleus (mnfinder's annotated micronuclei, background to the other
+nets), trained on the ``<split>_4class`` files.
 """
 import argparse
 import sys
 from pathlib import Path
 
 from cellfcn import caffe_env, cli, files
-from cellfcn.constants import FORMATS, STAGES, TEST_SPLIT
+from cellfcn.constants import FORMATS, STAGES, TARGET_FILES, TEST_SPLIT
 from cellfcn.errors import InputError
 
 DEPLOY = Path(__file__).resolve().parent / "deploy.prototxt"
 DEFAULT = "fcrn_a"
 # Kernel size, channels of conv1..conv7 and the number of 2x2 poolings (each undone by one upsampling).
-# ``classes``: 2 (background, nucleus) or 3 (background, interior, contour).
+# ``classes``: 2 (background, nucleus), 3 (background, interior, contour) or 4 (and micronucleus).
 VARIANTS = {
     "fcrn_a": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=2),
     "k5": dict(kernel=5, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=2),
@@ -38,6 +40,7 @@ VARIANTS = {
     "wide": dict(kernel=3, widths=(64, 128, 256, 1024, 256, 128, 64), pools=3, classes=2),
     "contour": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=3),
     "contour_skip": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=3, skips=True),
+    "contour_skip_mn": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=4, skips=True),
 }
 
 
@@ -50,6 +53,12 @@ def _spec(variant):
     if variant not in VARIANTS:
         raise ValueError(f"net must be one of {sorted(VARIANTS)}, got {variant!r}")
     return VARIANTS[variant]
+
+
+def _target_suffix(variant):
+    """``_3class``/``_4class``: the dataset files of a variant's targets ('' for the two-class label)."""
+    classes = _spec(variant)["classes"]
+    return f"_{TARGET_FILES[classes][0]}" if classes in TARGET_FILES else ""
 
 
 def fcrn_a(n, bottom, variant=DEFAULT):
@@ -170,7 +179,7 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
     ----------
     source : str
         :func:`dataset_source`. HDF5: the list file. LMDB: the split prefix; ``_data_lmdb`` and
-        ``_label_lmdb`` (3 classes: ``_3class_label_lmdb``) follow.
+        ``_label_lmdb`` (3 or 4 classes: ``_3class_label_lmdb``, ``_4class_label_lmdb``) follow.
     batch_size : int
     fmt : {'hdf5', 'lmdb'}
     phase : {'train', 'test'}
@@ -180,7 +189,7 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
     caffe, L, P = _caffe()
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    labels = "_3class_label_lmdb" if _spec(variant)["classes"] == 3 else "_label_lmdb"
+    labels = f"{_target_suffix(variant)}_label_lmdb"
     n = caffe.NetSpec()
     if fmt == "hdf5":
         n.data, n.label = L.HDF5Data(ntop=2, hdf5_data_param=dict(
@@ -207,22 +216,23 @@ def deploy_net(height=128, width=128, variant=DEFAULT):
 
 
 def dataset_source(data_dir, split, fmt, variant=DEFAULT):
-    """Where a dataset folder keeps a split for a variant's data layers (3 classes: ``<split>_3class.txt``).
+    """Where a dataset folder keeps a split for a variant's data layers (3 classes: ``<split>_3class.txt``,
+    4: ``<split>_4class.txt``).
 
     The HDF5 list file names its ``.h5`` relative to the dataset folder, so ``caffe train`` runs there.
     """
     data_dir = Path(data_dir)
     if fmt == "lmdb":
         return str(data_dir / split)
-    return str(data_dir / (f"{split}_3class.txt" if _spec(variant)["classes"] == 3 else f"{split}.txt"))
+    return str(data_dir / f"{split}{_target_suffix(variant)}.txt")
 
 
 def dataset_files(split, fmt, variant=DEFAULT):
     """The files (relative to the dataset folder) a variant's data layers read for one split."""
-    three = _spec(variant)["classes"] == 3
+    suffix = _target_suffix(variant)
     if fmt == "hdf5":
-        return [f"{split}_3class.txt", f"{split}_3class.h5"] if three else [f"{split}.txt", f"{split}.h5"]
-    return [f"{split}_data_lmdb/data.mdb", f"{split}_{'3class_' if three else ''}label_lmdb/data.mdb"]
+        return [f"{split}{suffix}.txt", f"{split}{suffix}.h5"]
+    return [f"{split}_data_lmdb/data.mdb", f"{split}{suffix}_label_lmdb/data.mdb"]
 
 
 def write_prototxt(path, net_param, name):

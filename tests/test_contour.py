@@ -14,7 +14,7 @@ from cellfcn.scale import nucleus_diameters
 from cellfcn.scale import pooled_median_diameter as median_diameter
 from data_prep import real
 from data_prep.augment import dihedral
-from data_prep.targets import CONTOUR, INTERIOR, contour_targets
+from data_prep.targets import CONTOUR, INTERIOR, MICRONUCLEUS, contour_targets, micronucleus_targets
 from prototxt import net
 from tools import infer, model_params
 
@@ -73,23 +73,60 @@ def test_diameters_leave_out_edge_nuclei():
     assert median_diameter([np.zeros((8, 8), np.int32)]) is None
 
 
+def test_micronuclei_get_their_own_class_on_background_only():
+    labels = _discs((40, 40), (20, 20, 9))
+    micronuclei = _discs((40, 40), (20, 31, 3), (5, 5, 2)) > 0  # one overlaps the nucleus's edge
+    three = contour_targets(labels)
+    four = micronucleus_targets(three, micronuclei)
+    assert four.dtype == np.uint8 and set(np.unique(four)) == {0, INTERIOR, CONTOUR, MICRONUCLEUS}
+    np.testing.assert_array_equal(four == MICRONUCLEUS, micronuclei & (labels == 0))
+    np.testing.assert_array_equal(np.where(four == MICRONUCLEUS, 0, four), three)  # nuclei keep their classes
+    np.testing.assert_array_equal(micronucleus_targets(three, None), three)  # no annotation: 3 classes
+    with pytest.raises(ValueError, match="shape"):
+        micronucleus_targets(three, micronuclei[:-1])
+
+
 def test_augmented_patches_carry_their_images_targets():
-    """Every training patch's 3-class target is its image's target, cut and transformed like the image."""
+    """Every training patch's 3- and 4-class targets are its image's, cut and transformed like the image."""
     rng = np.random.default_rng(0)
     labels = _discs((160, 160), (30, 30, 10), (30, 48, 10), (70, 60, 12), (65, 20, 8), (120, 120, 12),
                     (130, 40, 9), (40, 120, 10))
-    image = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
-    targets = contour_targets(labels)
-    split = real.train_split([image], [labels > 0], [targets], 3, 48, rng, 0.02)
-    assert split["label3"].shape == split["label"].shape == (24, 48, 48)
+    micronuclei = _discs((160, 160), *((y, x, 2) for y in range(6, 160, 16) for x in range(6, 160, 16))) > 0
+    image = np.where(labels > 0, 0.8, np.where(micronuclei, 0.6, 0.1)).astype(np.float32)
+    targets = {"label3": contour_targets(labels)}
+    targets["label4"] = micronucleus_targets(targets["label3"], micronuclei)
+    split = real.train_split([image], [labels > 0], {k: [v] for k, v in targets.items()}, 3, 48, rng, 0.02)
+    assert split["label3"].shape == split["label4"].shape == split["label"].shape == (24, 48, 48)
+    assert (split["label4"] == MICRONUCLEUS).any()
     for k in range(24):
         y, x = split["origin"][k]
-        crop = targets[y:y + 48, x:x + 48]
-        np.testing.assert_array_equal(split["label3"][k], dihedral(crop, int(split["transform"][k])))
+        for key, whole in targets.items():
+            crop = whole[y:y + 48, x:x + 48]
+            np.testing.assert_array_equal(split[key][k], dihedral(crop, int(split["transform"][k])))
         np.testing.assert_array_equal(split["label3"][k] > 0, split["label"][k])
+        np.testing.assert_array_equal(split["data"][k], dihedral(image[y:y + 48, x:x + 48],
+                                                                 int(split["transform"][k])))
     # Tiles (val/test) carry them untransformed.
-    tiles = real.tile_split([image], [labels > 0], [targets], 48)
-    np.testing.assert_array_equal(tiles["label3"][1], targets[:48, 48:96])
+    tiles = real.tile_split([image], [labels > 0], {k: [v] for k, v in targets.items()}, 48)
+    np.testing.assert_array_equal(tiles["label4"][1], targets["label4"][:48, 48:96])
+    np.testing.assert_array_equal(tiles["data"][1], image[:48, 48:96])
+
+
+def test_real_splits_mark_micronuclei_only_where_annotated():
+    rng = np.random.default_rng(1)
+    labels = _discs((96, 96), (30, 30, 10), (60, 60, 12), (70, 20, 9))
+    micronuclei = _discs((96, 96), (30, 48, 3), (80, 80, 3)) > 0
+    image = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    item = ("a", image, labels > 0, labels)
+    splits = real.build_real_splits([item + (micronuclei,)], [item], [item + (micronuclei,)], 1, 48, rng, 0.02)[0]
+    assert (splits["train"]["label4"] == MICRONUCLEUS).any() and (splits["test"]["label4"] == MICRONUCLEUS).any()
+    np.testing.assert_array_equal(splits["val"]["label4"], splits["val"]["label3"])  # no mask given
+    raw = np.zeros((192, 192), np.int32)
+    raw[100:106, 100:106] = 7
+    prepared = real.prepare_micronuclei(raw, (192, 192), (96, 96), "a", scale=0.5)
+    assert prepared.dtype == bool and prepared.shape == (96, 96) and prepared[50:53, 50:53].all()
+    with pytest.raises(InputError, match="micronucleus mask"):
+        real.prepare_micronuclei(raw, (190, 192), (95, 96), "a", scale=0.5)
 
 
 # ------------------------------------------------------------------------------------------------- the net
@@ -120,6 +157,29 @@ def test_contour_skip_variant_joins_the_encoder_features():
     assert net.multiply_adds("contour_skip") - net.multiply_adds("contour") == 9 * (
         32 * 32 * 128 * 128 + 64 * 64 * 64 * 64 + 128 * 128 * 32 * 32)
     assert net.receptive_field("contour_skip") == net.receptive_field("contour")
+
+
+def test_micronucleus_variant_reads_the_four_class_files():
+    assert net.learnable_parameters("contour_skip_mn") == net.learnable_parameters("contour_skip") + 33
+    train = net.train_net(net.dataset_source("d", "train", "hdf5", "contour_skip_mn"), 4, "hdf5", "train",
+                          "contour_skip_mn")
+    layers = {layer.name: layer for layer in train.layer}
+    assert layers["score"].convolution_param.num_output == 4 and layers["loss"].type == "SoftmaxWithLoss"
+    assert train.layer[0].hdf5_data_param.source == "d/train_4class.txt"
+    assert net.dataset_files("val", "lmdb", "contour_skip_mn") == ["val_data_lmdb/data.mdb",
+                                                                  "val_4class_label_lmdb/data.mdb"]
+
+
+def test_four_class_maps_leave_the_micronuclei_out_of_the_nucleus():
+    prob = np.array([0.1, 0.5, 0.1, 0.3], np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
+    maps = infer.class_maps(prob)
+    assert maps.shape == (2, 2, 3)
+    np.testing.assert_allclose(maps[0], 0.6, atol=1e-6)  # interior + contour, not 1 - background
+    np.testing.assert_allclose(maps[1], 0.5)
+    three = prob[:3] / prob[:3].sum(0)
+    np.testing.assert_array_equal(infer.class_maps(three)[0], 1 - three[0])
+    with pytest.raises(ValueError, match="2, 3 or 4 classes"):
+        infer.class_maps(np.ones((5, 2, 2), np.float32) / 5)
 
 
 @pytest.fixture(scope="module")

@@ -360,7 +360,7 @@ def test_refusals(folder, model, tmp_path):
     done = _segment(folder, model, tmp_path / "o", "--workers", "0", "--threshold", "0.5")
     _one_line_error(done, "--opening")
     done = _segment(folder, model, tmp_path / "o", "--workers", "0", *EXPLICIT, "--marker-threshold", "0.5")
-    _one_line_error(done, "3-class")
+    _one_line_error(done, "3- or 4-class")
     done = _segment(folder, model, tmp_path / "o", "--workers", "0", "--extent-threshold", "0.3")
     _one_line_error(done, "--extent-threshold goes with", "--threshold")
     assert not (tmp_path / "o").exists()

@@ -204,7 +204,11 @@ def caffe_forward(net, batch):
 
 
 # ---------------------------------------------------------------------------------------- the package
-CLASS_NAMES = {2: ["background", "nucleus"], 3: ["background", "nucleus_interior", "nucleus_contour"]}
+CLASS_NAMES = {2: ["background", "nucleus"], 3: ["background", "nucleus_interior", "nucleus_contour"],
+               4: ["background", "nucleus_interior", "nucleus_contour", "micronucleus"]}
+# What the package's README says the nucleus probability is, by number of classes (tools.infer.nucleus_of_classes).
+NUCLEUS_CHANNELS = {2: "channel 1", 3: "channel 1 (interior) plus channel 2 (contour): 1 - channel 0",
+                    4: "channel 1 (interior) plus channel 2 (contour): 1 - channel 0 - channel 3"}
 # DOIs only: a URL would make bioimage.io's checks reach the network.
 CITE = [
     {"text": "Xie W, Noble JA, Zisserman A (2018). Microscopy cell counting and detection with fully "
@@ -330,7 +334,7 @@ the normalisation.
 ## Output: `prob` (batch, channel, y, x), float32 in [0, 1]
 
 The softmax probability of each class ({classes}), same y and x as the input. The nucleus
-probability is channel 1{' (interior) plus channel 2 (contour): 1 - channel 0' if len(config['classes']) == 3 else ''}.
+probability is {NUCLEUS_CHANNELS.get(len(config['classes']), 'not defined for this class layout')}.
 
 ## Nuclei (instances) as `make segment` cuts them
 

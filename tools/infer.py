@@ -60,21 +60,31 @@ def class_maps(prob):
     Parameters
     ----------
     prob : (C, H, W) array_like of float
-        Softmax output: C = 2 (background, nucleus) or C = 3 (background, nucleus interior, contour: the
-        ``contour`` net of :mod:`prototxt.net`).
+        Softmax output: C = 2 (background, nucleus), C = 3 (background, nucleus interior, contour: the
+        ``contour`` nets of :mod:`prototxt.net`) or C = 4 (and micronucleus).
 
     Returns
     -------
     ndarray of float32
-        C = 2: the (H, W) nucleus probability. C = 3: (2, H, W), the nucleus probability ``1 - p_background``
-        and the interior probability, what :func:`cellfcn.objects.instances_from_maps` cuts into nuclei.
+        C = 2: the (H, W) nucleus probability. C = 3 or 4: (2, H, W), the nucleus probability (interior or
+        contour: :func:`nucleus_of_classes`) and the interior probability, what
+        :func:`cellfcn.objects.instances_from_maps` cuts into nuclei.
     """
     prob = np.asarray(prob, dtype=np.float32)
-    if prob.ndim != 3 or prob.shape[0] not in (2, 3):
-        raise ValueError(f"expected (C, H, W) probabilities of 2 or 3 classes, got shape {prob.shape}")
+    if prob.ndim != 3 or prob.shape[0] not in (2, 3, 4):
+        raise ValueError(f"expected (C, H, W) probabilities of 2, 3 or 4 classes, got shape {prob.shape}")
     if prob.shape[0] == 2:
         return prob[1].copy()
-    return np.stack([1 - prob[0], prob[1]])
+    return np.stack([nucleus_of_classes(prob[None])[0], prob[1]])
+
+
+def nucleus_of_classes(prob):
+    """The nucleus probability of (N, C, H, W) class probabilities: class 1 of 2; of 3 or 4 classes
+    ``1 - p_background - p_micronucleus`` (interior or contour). (N, H, W) float32."""
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape[1] == 2:
+        return prob[:, 1].copy()
+    return 1 - prob[:, 0] - prob[:, 3:].sum(axis=1)
 
 
 def nucleus_probability(maps):
@@ -86,7 +96,7 @@ def nucleus_probability(maps):
 def predict(net, data, batch=16, desc="forward"):
     """Probability of the cell class for every pixel of a stack of patches, by batched forward passes.
 
-    With 3 classes the cell class is nucleus interior or contour: ``1 - p_background``.
+    With 3 or 4 classes the cell class is nucleus interior or contour (:func:`nucleus_of_classes`).
 
     Parameters
     ----------
@@ -119,7 +129,7 @@ def predict(net, data, batch=16, desc="forward"):
         net.blobs["data"].data[...] = chunk
         net.forward()
         out = net.blobs["prob"].data
-        prob[start:start + len(chunk)] = out[:, 1] if out.shape[1] == 2 else 1 - out[:, 0]
+        prob[start:start + len(chunk)] = nucleus_of_classes(out)
     return prob
 
 

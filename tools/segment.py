@@ -9,8 +9,8 @@ file's size.
 - **The model's own parameters.** The instance parameters and the dataset's preprocessing (resize factor,
   percentiles, median nucleus diameter) come from ``<model>.params.json``, which ``make evaluate`` writes for
   the model it chose them for (:mod:`tools.model_params`, checked against the model's SHA-256). A model
-  without that file is refused unless ``--threshold``, ``--opening`` and ``--min-area`` (and for a 3-class
-  net ``--marker-threshold``; optionally ``--extent-threshold``) are given, with ``--manifest`` naming its
+  without that file is refused unless ``--threshold``, ``--opening`` and ``--min-area`` (and for a 3- or
+  4-class net ``--marker-threshold``; optionally ``--extent-threshold``) are given, with ``--manifest`` naming its
   dataset. Without ``--model``, the model of ``--objects`` (``make evaluate``'s ``objects.json``) with the
   highest validation F1.
 - **Without Caffe** (``--engine onnx``): ``--model`` is a package of ``make export`` (``.bioimageio.zip``, its
@@ -708,7 +708,7 @@ def resolve_params(args, model, classes):
 
     The model's own record gives both: ``<model>.params.json`` for a Caffe model, ``config.cellfcn`` for an
     exported package (``--engine onnx``). Explicit ``--threshold``/``--opening``/``--min-area`` (and
-    ``--marker-threshold`` for a 3-class net) replace its parameters, and are needed for a model without them
+    ``--marker-threshold`` for a 3- or 4-class net) replace its parameters, and are needed for a model without them
     (with ``--manifest`` for the preprocessing where there is no record: a Caffe model without that file, a bare
     ``.onnx``).
 
@@ -731,10 +731,10 @@ def resolve_params(args, model, classes):
         ``--manifest`` that contradicts the model's file.
     """
     explicit = {"threshold": args.threshold, "opening_radius": args.opening, "min_area": args.min_area}
-    if classes == 3:
+    if classes > 2:
         explicit["marker_threshold"] = args.marker_threshold
     elif args.marker_threshold is not None:
-        raise InputError(f"--marker-threshold is for a 3-class net; {model} has {classes} classes")
+        raise InputError(f"--marker-threshold is for a 3- or 4-class net; {model} has {classes} classes")
     given = any(v is not None for v in explicit.values())
     if given and any(v is None for v in explicit.values()):
         raise InputError(f"give all of {', '.join(FLAGS[k] for k in explicit)} or none (then the model's own "
@@ -768,8 +768,8 @@ def resolve_params(args, model, classes):
         raise InputError(f"no preprocessing for {model}: it has no {lacks}; give --manifest <the "
                          "manifest.json of the dataset it was trained on>")
     params = explicit if given else dict(record["params"])
-    try:  # the parameters must suit this net's maps: 2-D (2 classes) or (2, H, W) (3 classes)
-        O.instances_from_maps(np.zeros((2, 1, 1) if classes == 3 else (1, 1), np.float32), **params)
+    try:  # the parameters must suit this net's maps: 2-D (2 classes) or (2, H, W) (3 or 4 classes)
+        O.instances_from_maps(np.zeros((2, 1, 1) if classes > 2 else (1, 1), np.float32), **params)
     except ValueError as err:
         raise InputError(f"instance parameters {params} do not suit {model} ({classes} classes): {err}") from None
     working = None if given else record.get("working_diameter_px")
@@ -822,7 +822,7 @@ def parse_args(argv=None):
     p.add_argument("--opening", type=int, help="instead of the model's own: opening radius (px at the net's scale)")
     p.add_argument("--min-area", type=int, help="instead of the model's own: smallest nucleus (px at the net's scale)")
     p.add_argument("--marker-threshold", type=float,
-                   help="instead of the model's own, for a 3-class net: seed where interior prob >= T")
+                   help="instead of the model's own, for a 3- or 4-class net: seed where interior prob >= T")
     p.add_argument("--extent-threshold", type=float,
                    help="with the parameters above, optional: nuclei then grow into prob >= T (T <= --threshold)")
     p.add_argument("--manifest", help="manifest.json of the dataset a model without <model>.params.json was "

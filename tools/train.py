@@ -142,9 +142,8 @@ def prepare(args):
     files.write_text(solver_path, str(solver))
     # The dataset's identity is the content of the files Caffe reads (manifest hashes), not where it lies: a
     # moved dataset resumes, and files training never reads (whole images for evaluation) do not restart it.
-    three = "_3class" if net.VARIANTS[args.net]["classes"] == 3 else ""
-    read = {f"{s}{suffix}" for s in ("train", test_split)
-            for suffix in (f"{three}.h5", f"{three}.txt", "_data_lmdb", f"{three}_label_lmdb")}
+    read = {name.split("/")[0] for s in ("train", test_split) for fmt in FORMATS
+            for name in net.dataset_files(s, fmt, args.net)}
     key = files.digest(str(net.deploy_net(variant=args.net)), str(solver).replace(str(out.resolve()), "<out>"), args.format,
                        args.batch, {k: v for k, v in manifest.get("files", {}).items() if k.split("/")[0] in read},
                        files.sha256_file(args.weights) if args.weights else None)
