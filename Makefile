@@ -60,7 +60,7 @@ $(if $(call is_positive,$(BATCH)),,$(error BATCH must be a positive integer, not
 $(foreach v,EPOCHS EPOCHS_PRETRAIN EPOCHS_FINETUNE,\
   $(if $($(v)),$(if $(call is_positive,$($(v))),,$(error $(v) must be a positive integer, not '$($(v))'))))
 $(if $(GPU_ID),$(if $(call is_count,$(GPU_ID)),,$(error GPU_ID must be a device id, not '$(GPU_ID)')))
-$(if $(and $(filter fcrn_a k5 pool2 wide contour contour_skip contour_skip_mn,$(NET)),$(call is_word,$(NET))),,$(error NET must be fcrn_a, k5, pool2, wide, contour, contour_skip or contour_skip_mn, not '$(NET)'))
+$(if $(and $(filter fcrn_a k5 pool2 wide contour contour_skip contour_skip_mn contour_skip_mnw,$(NET)),$(call is_word,$(NET))),,$(error NET must be fcrn_a, k5, pool2, wide, contour, contour_skip, contour_skip_mn or contour_skip_mnw, not '$(NET)'))
 $(if $(and $(filter default full,$(EXPERIMENTS)),$(call is_word,$(EXPERIMENTS))),,$(error EXPERIMENTS must be default or full, not '$(EXPERIMENTS)'))
 # make segment IN=<folder> [MODEL=<caffemodel>] [OUT=<folder>] [DIAMETER=<px>|auto] [SCHEDULER=tcp://host:8786] [WORKERS=n]
 # MODEL empty: for segment, the model of $(NET_RUNS)/eval/objects.json with the highest validation F1; for
@@ -153,7 +153,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 22
 	@echo
 	@echo "Variables: GPU=1 [GPU_ID=n] CUDA_ARCH=\"80 90\" QUICK=1 SEED=$(SEED) FORMAT=hdf5|lmdb BATCH=$(BATCH)"
-	@echo "           EPOCHS=n CONFIG=default|paper NET=fcrn_a|k5|pool2|wide|contour|contour_skip|contour_skip_mn EXPERIMENTS=default|full"
+	@echo "           EPOCHS=n CONFIG=default|paper NET=fcrn_a|k5|pool2|wide|contour|contour_skip|contour_skip_mn|contour_skip_mnw EXPERIMENTS=default|full"
 	@echo "           RUNS=$(RUNS) BENCH_PEER=0|1 TEST_ARGS=<pytest args>"
 	@echo "           CAFFE_ROOT=<prefix> | CAFFE=<bin> PYCAFFE=<dir>  (use your own Caffe build)"
 	@echo "  segment: IN=<folder> MODEL=<caffemodel> OUT=<folder> DIAMETER=<px>|auto ENGINE=caffe|onnx SCHEDULER=tcp://host:8786 WORKERS=n (0: serial)"

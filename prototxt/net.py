@@ -19,7 +19,10 @@ features are concatenated with conv3's, conv2's and conv1's (after their ReLU, b
 full-resolution layers see the image's detail, not only what the 1/8-resolution bottleneck kept (1,558,851
 parameters). FCRN-A has none; a 2-3 px contour band is what it could not draw. ``contour_skip_mn`` is
 ``contour_skip`` with a 4th class, micronucleus (mnfinder's annotated micronuclei, background to the other
-nets), trained on the ``<split>_4class`` files.
+nets), trained on the ``<split>_4class`` files. ``contour_skip_mnw`` is ``contour_skip_mn`` with the micronucleus
+class weighted ``class_weights`` in the loss (Caffe's ``InfogainLoss`` with a diagonal matrix H, which
+:func:`write_infogain` writes beside the run): under ``SoftmaxWithLoss`` a class of 0.3% of the pixels is never
+predicted.
 """
 import argparse
 import sys
@@ -41,7 +44,10 @@ VARIANTS = {
     "contour": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=3),
     "contour_skip": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=3, skips=True),
     "contour_skip_mn": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=4, skips=True),
+    "contour_skip_mnw": dict(kernel=3, widths=(32, 64, 128, 512, 128, 64, 32), pools=3, classes=4, skips=True,
+                             class_weights=(1.0, 1.0, 1.0, 10.0)),
 }
+INFOGAIN = "infogain.binaryproto"  # a weighted variant's H, in its run folder
 
 
 def _caffe():
@@ -59,6 +65,29 @@ def _target_suffix(variant):
     """``_3class``/``_4class``: the dataset files of a variant's targets ('' for the two-class label)."""
     classes = _spec(variant)["classes"]
     return f"_{TARGET_FILES[classes][0]}" if classes in TARGET_FILES else ""
+
+
+def class_weights(variant=DEFAULT):
+    """The loss weight of each class of a variant, or None: every class weighs 1 (``SoftmaxWithLoss``)."""
+    weights = _spec(variant).get("class_weights")
+    return None if weights is None else tuple(float(w) for w in weights)
+
+
+def write_infogain(path, variant):
+    """Write the diagonal infogain matrix H of a weighted variant as the BlobProto ``InfogainLoss`` reads
+    (shape 1x1xCxC, float32); return ``path``.
+
+    With H = diag(w) the loss of a pixel of class c is ``-w[c] * log p_c`` and its gradient ``w[c]`` times
+    ``SoftmaxWithLoss``'s; both normalise by the number of pixels, so weights of 1 give the same loss.
+    """
+    weights = class_weights(variant)
+    if weights is None:
+        raise ValueError(f"net {variant!r} has no class weights")
+    blob = _caffe()[0].proto.caffe_pb2.BlobProto()
+    blob.shape.dim.extend([1, 1, len(weights), len(weights)])
+    blob.data.extend(w if i == j else 0.0 for i in range(len(weights)) for j, w in enumerate(weights))
+    files.write_bytes(path, blob.SerializeToString())
+    return path
 
 
 def fcrn_a(n, bottom, variant=DEFAULT):
@@ -172,7 +201,7 @@ def deploy_path(variant=DEFAULT):
     return DEPLOY if variant == DEFAULT else DEPLOY.with_name(f"deploy_{variant}.prototxt")
 
 
-def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
+def train_net(source, batch_size, fmt, phase, variant=DEFAULT, infogain=None):
     """Return the NetParameter of a train (``phase='train'``) or test net over one dataset split.
 
     Parameters
@@ -185,10 +214,14 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
     phase : {'train', 'test'}
     variant : str
         A key of ``VARIANTS``.
+    infogain : str, optional
+        A weighted variant's H file (:func:`write_infogain`); required exactly when it has class weights.
     """
     caffe, L, P = _caffe()
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if (class_weights(variant) is None) != (infogain is None):
+        raise ValueError(f"net {variant!r}: an infogain file goes with class weights, and only with them")
     labels = f"{_target_suffix(variant)}_label_lmdb"
     n = caffe.NetSpec()
     if fmt == "hdf5":
@@ -199,7 +232,10 @@ def train_net(source, batch_size, fmt, phase, variant=DEFAULT):
         n.data = L.Data(source=f"{source}_data_lmdb", backend=P.Data.LMDB, batch_size=batch_size)
         n.label = L.Data(source=f"{source}{labels}", backend=P.Data.LMDB, batch_size=batch_size)
     score = fcrn_a(n, n.data, variant)
-    n.loss = L.SoftmaxWithLoss(score, n.label)
+    if infogain is None:
+        n.loss = L.SoftmaxWithLoss(score, n.label)
+    else:
+        n.loss = L.InfogainLoss(score, n.label, infogain_loss_param=dict(source=str(infogain)))
     if phase == "test":
         n.accuracy = L.Accuracy(score, n.label)
     return n.to_proto()

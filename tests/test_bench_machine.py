@@ -1,4 +1,5 @@
 """bench/machine.py: the fp32 peak is measured, so a real kernel's "% of peak" is a true fraction."""
+import re
 import time
 
 import numpy as np
@@ -32,12 +33,16 @@ def test_a_real_kernel_stays_below_the_peak(monkeypatch):
     assert _sgemm_gflops() <= info["fp32_peak_gflops"]
 
 
-def test_peak_scales_with_threads():
+def test_peak_sums_the_threads_running_at_once():
     one, _ = machine.measure_fp32_peak(1, seconds=0.3)
     assert one > 1  # GFLOP/s: an FMA loop, not a stalled one
     if machine.cpuinfo()["cores"] >= 2:
         two, how = machine.measure_fp32_peak(2, seconds=0.3)
-        assert 1.5 * one < two < 2.5 * one, how  # per-thread CPU time: another process on the cores cannot halve it
+        rates = [float(r) for r in re.search(r"CPU time: (.*) GFLOP/s =", how).group(1).split(", ")]
+        assert len(rates) == 2 and two == pytest.approx(sum(rates), abs=0.1), how
+        # Between one core's rate and two cores': a hypervisor may put two vCPUs on the SMT siblings of one
+        # core, which share its FMA pipes (CI measured 18.7 + 19.4 GFLOP/s against 35.7 for one thread alone).
+        assert 0.6 * one < two < 2.5 * one, how
 
 
 @pytest.mark.parametrize("compiler, phrase", [("no-such-cc", "no C compiler"), ("false", "did not compile")])

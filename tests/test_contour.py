@@ -1,5 +1,6 @@
 """The instance-aware 3-class net: its targets, their augmentation, the Caffe loss wiring, the contour
 watershed and the parameters kept beside a model."""
+import argparse
 import json
 import subprocess
 import sys
@@ -170,6 +171,46 @@ def test_micronucleus_variant_reads_the_four_class_files():
                                                                   "val_4class_label_lmdb/data.mdb"]
 
 
+def test_weighted_variant_takes_its_loss_from_an_infogain_file():
+    assert net.learnable_parameters("contour_skip_mnw") == net.learnable_parameters("contour_skip_mn")
+    assert net.class_weights("contour_skip_mn") is None and net.class_weights("contour_skip_mnw")[:3] == (1, 1, 1)
+    source = net.dataset_source("d", "train", "hdf5", "contour_skip_mnw")
+    train = net.train_net(source, 4, "hdf5", "train", "contour_skip_mnw", infogain="/r/infogain.binaryproto")
+    loss = {layer.name: layer for layer in train.layer}["loss"]
+    assert loss.type == "InfogainLoss" and loss.infogain_loss_param.source == "/r/infogain.binaryproto"
+    assert train.layer[0].hdf5_data_param.source == "d/train_4class.txt"
+    with pytest.raises(ValueError, match="infogain file goes with class weights"):
+        net.train_net(source, 4, "hdf5", "train", "contour_skip_mnw")  # the weights would be lost
+    with pytest.raises(ValueError, match="infogain file goes with class weights"):
+        net.train_net(source, 4, "hdf5", "train", "contour_skip_mn", infogain="/r/h")
+    with pytest.raises(ValueError, match="no class weights"):
+        net.write_infogain("/tmp/never", "contour_skip")
+
+
+def test_caffe_weighs_each_pixel_by_its_class(caffe, tmp_path):
+    """Caffe's InfogainLoss over our H is the class-weighted cross-entropy per pixel, normalised by the pixel
+    count; where no pixel has a weighted class it equals SoftmaxWithLoss."""
+    weights = np.array(net.class_weights("contour_skip_mnw"))
+    h = net.write_infogain(tmp_path / "h.binaryproto", "contour_skip_mnw")
+    L = caffe.layers
+    n = caffe.NetSpec()
+    n.score, n.label = L.Input(ntop=2, shape=[dict(dim=[2, 4, 5, 6]), dict(dim=[2, 1, 5, 6])])
+    n.weighted = L.InfogainLoss(n.score, n.label, infogain_loss_param=dict(source=str(h)))
+    n.plain = L.SoftmaxWithLoss(n.score, n.label)
+    (tmp_path / "loss.prototxt").write_text(str(n.to_proto()))
+    model = caffe.Net(str(tmp_path / "loss.prototxt"), caffe.TEST)
+    rng = np.random.default_rng(0)
+    score = rng.normal(0, 2, (2, 4, 5, 6)).astype(np.float32)
+    p = np.exp(score) / np.exp(score).sum(1, keepdims=True)
+    for label in (rng.integers(0, 4, (2, 1, 5, 6)), rng.integers(0, 3, (2, 1, 5, 6))):
+        model.blobs["score"].data[...], model.blobs["label"].data[...] = score, label
+        out = model.forward()
+        ce = -np.log(np.take_along_axis(p, label, axis=1))
+        np.testing.assert_allclose(out["weighted"], (weights[label] * ce).mean(), rtol=1e-5)
+        np.testing.assert_allclose(out["plain"], ce.mean(), rtol=1e-5)
+    assert out["weighted"] == pytest.approx(out["plain"], rel=1e-5)  # the last labels: no micronucleus
+
+
 def test_four_class_maps_leave_the_micronuclei_out_of_the_nucleus():
     prob = np.array([0.1, 0.5, 0.1, 0.3], np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
     maps = infer.class_maps(prob)
@@ -213,6 +254,27 @@ def test_caffe_trains_the_three_classes(contour_run):
     maps = infer.segment_image(network, np.random.default_rng(0).random((72, 90)).astype(np.float32))
     assert maps.shape == (2, 72, 90) and maps.dtype == np.float32
     assert np.all(maps[1] <= maps[0] + 1e-6)  # interior is part of the nucleus probability
+
+
+def test_weighted_variant_trains_with_its_h_in_the_run_folder(contour_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "tools.train", "--stage", "pretrain", "--data",
+                           contour_run / "data", "--out", out, "--net", "contour_skip_mnw", "--iterations", "1",
+                           "--batch", "4"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f'source: "{(out / net.INFOGAIN).resolve()}"' in (out / "train.prototxt").read_text()
+    assert "Creating Layer loss" in (out / "train.log").read_text() and (out / "final.caffemodel").is_file()
+    # The weights are part of the run's identity: other weights, another run (its snapshots are not resumed).
+    from tools import train
+
+    args = argparse.Namespace(out=tmp_path / "key", stage="pretrain", data=contour_run / "data", format="hdf5",
+                              batch=4, config="default", epochs=None, iterations=1, seed=0, net="contour_skip_mnw",
+                              weights=None, gpu=None)
+    key = train.prepare(args)[1]["inputs_sha256"]
+    assert key == json.loads((out / "run.json").read_text())["inputs_sha256"]
+    monkeypatch.setitem(net.VARIANTS, "contour_skip_mnw", dict(net.VARIANTS["contour_skip_mnw"],
+                                                               class_weights=(1, 1, 1, 5)))
+    assert train.prepare(args)[1]["inputs_sha256"] != key
 
 
 def test_contour_model_trains_from_lmdb_too(contour_run, tmp_path):

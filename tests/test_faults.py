@@ -155,7 +155,7 @@ def test_two_inputs_never_write_the_same_outputs(tmp_path):
     ("CONFIG=fast", "CONFIG must be default or paper"), ("FORMAT=csv", "FORMAT must be hdf5 or lmdb"),
     ("SEED=-1", "SEED must be a non-negative integer"), ("BATCH=0", "BATCH must be a positive integer"),
     ("EPOCHS=ten", "EPOCHS must be a positive integer"), ("GPU_ID=15", "no CUDA device 15"),
-    ("NET=vgg16", "NET must be fcrn_a, k5, pool2, wide, contour, contour_skip or contour_skip_mn"),
+    ("NET=vgg16", "NET must be fcrn_a, k5, pool2, wide, contour, contour_skip, contour_skip_mn or contour_skip_mnw"),
     ("EXPERIMENTS=all", "EXPERIMENTS must be default or full")])
 def test_make_checks_its_variables_before_any_work(tmp_path, assignment, words):
     extra = ["GPU=1"] if assignment.startswith("GPU") else []

@@ -38,6 +38,7 @@ HAND_VARIANTS = {
     # conv5, conv6 and conv7 also read conv3's 128, conv2's 64 and conv1's 32 channels (U-Net's skips).
     "contour_skip": (HAND_COUNT + 32 + 1 + 128 * 9 * 128 + 64 * 9 * 64 + 32 * 9 * 32, 38),
     "contour_skip_mn": (HAND_COUNT + 2 * (32 + 1) + 128 * 9 * 128 + 64 * 9 * 64 + 32 * 9 * 32, 38),  # 4 classes
+    "contour_skip_mnw": (HAND_COUNT + 2 * (32 + 1) + 128 * 9 * 128 + 64 * 9 * 64 + 32 * 9 * 32, 38),  # weighted
 }
 
 

@@ -132,10 +132,11 @@ def prepare(args):
     data = Path(args.data).resolve()
     out.mkdir(parents=True, exist_ok=True)
     train_path, test_path = out / "train.prototxt", out / "test.prototxt"
-    net.write_prototxt(train_path, net.train_net(net.dataset_source(data, "train", args.format, args.net), args.batch,
-                                                 args.format, "train", args.net), f"{args.net}_{args.stage}_train")
-    net.write_prototxt(test_path, net.train_net(net.dataset_source(data, test_split, args.format, args.net), test_batch,
-                                                args.format, "test", args.net), f"{args.net}_{args.stage}_test")
+    # A weighted variant's loss reads its H from the run folder; its content joins the run's key.
+    infogain = net.write_infogain(out.resolve() / net.INFOGAIN, args.net) if net.class_weights(args.net) else None
+    for path, split, batch, phase in ((train_path, "train", args.batch, "train"), (test_path, test_split, test_batch, "test")):
+        net.write_prototxt(path, net.train_net(net.dataset_source(data, split, args.format, args.net), batch, args.format,
+                                               phase, args.net, infogain), f"{args.net}_{args.stage}_{phase}")
     solver = solve.solver_param(train_path.resolve(), test_path.resolve(), sched, n_test, test_batch,
                                 out.resolve() / "snap", seed=args.seed)
     solver_path = out / "solver.prototxt"
@@ -146,7 +147,8 @@ def prepare(args):
             for name in net.dataset_files(s, fmt, args.net)}
     key = files.digest(str(net.deploy_net(variant=args.net)), str(solver).replace(str(out.resolve()), "<out>"), args.format,
                        args.batch, {k: v for k, v in manifest.get("files", {}).items() if k.split("/")[0] in read},
-                       files.sha256_file(args.weights) if args.weights else None)
+                       files.sha256_file(args.weights) if args.weights else None,
+                       *([files.sha256_file(infogain)] if infogain else []))  # unweighted runs keep their keys
     info = dict(stage=args.stage, net=args.net, config=args.config, format=args.format, batch=args.batch, seed=args.seed,
                 caffe_random_seed=solver.random_seed, data=str(data), n_train=n_train, n_test=n_test,
                 test_split=test_split, test_batch=test_batch,
