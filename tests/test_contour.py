@@ -263,7 +263,7 @@ def test_weighted_variant_trains_with_its_h_in_the_run_folder(contour_run, tmp_p
                            "--batch", "4"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f'source: "{(out / net.INFOGAIN).resolve()}"' in (out / "train.prototxt").read_text()
-    assert "Creating Layer loss" in (out / "train.log").read_text() and (out / "final.caffemodel").is_file()
+    assert 'type: "InfogainLoss"' in (out / "train.log").read_text() and (out / "final.caffemodel").is_file()
     # The weights are part of the run's identity: other weights, another run (its snapshots are not resumed).
     from tools import train
 
